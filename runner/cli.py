@@ -1,0 +1,159 @@
+"""The `vmrun` command: validate, schema, show, run (and `vmrun FILE` for run).
+
+Only this module turns errors into exit statuses; nothing a user can write gives a traceback.
+Heavy modules are imported inside the commands that need them, so that `vmrun validate`
+pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from runner.exit_status import ExitStatus
+
+COMMANDS = ("validate", "schema", "show", "run")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmrun",
+        description="Run Linux microVMs described by TOML or JSON files.",
+        epilog="`vmrun FILE [-- CMD ARGS...]` is short for `vmrun run FILE [-- CMD ARGS...]`.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate", help="check VM files; exit 1 if any has a problem")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument(
+        "--format", choices=("text", "json"), default="text",
+        help="json: one object per problem, for CI annotations",
+    )  # fmt: skip
+
+    sub.add_parser("schema", help="print the JSON Schema of VM files")
+
+    show = sub.add_parser("show", help="print a VM file with every default filled in")
+    show.add_argument("file", metavar="FILE")
+    show.add_argument("--format", choices=("toml", "json"), default="toml")
+
+    run = sub.add_parser("run", help="boot the VM and run its workload (or CMD after --)")
+    run.add_argument("file", metavar="FILE")
+    run.add_argument(
+        "--host", choices=("auto", "kvm", "emulated"), default="auto",
+        help="where to run: /dev/kvm, an emulated KVM host, or auto (default)",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    workload: list[str] | None = None
+    if "--" in args_in:
+        cut = args_in.index("--")
+        args_in, workload = args_in[:cut], args_in[cut + 1 :]
+    if args_in and args_in[0] not in COMMANDS and not args_in[0].startswith("-"):
+        args_in.insert(0, "run")
+    parser = _parser()
+    args = parser.parse_args(args_in)
+    if workload is not None and args.command != "run":
+        parser.error("`-- CMD ARGS...` is only for `vmrun run`")
+    if workload == []:
+        parser.error("`--` must be followed by a command")
+    try:
+        if args.command == "validate":
+            return validate(args.files, args.format)
+        if args.command == "schema":
+            return schema()
+        if args.command == "show":
+            return show(args.file, args.format)
+        return run(args.file, args.host, workload)
+    except KeyboardInterrupt:
+        return 128 + 2
+    except BrokenPipeError:
+        return ExitStatus.OK
+
+
+def validate(files: list[str], fmt: str) -> int:
+    from runner.config.load import load  # noqa: PLC0415
+    from runner.config.problems import ConfigError, format_key_path  # noqa: PLC0415
+
+    records = []
+    invalid = 0
+    for file in files:
+        try:
+            load(file)
+        except ConfigError as error:
+            invalid += 1
+            records += [
+                {
+                    "file": error.file,
+                    "line": loc.line,
+                    "column": loc.column,
+                    "path": format_key_path(problem.path),
+                    "message": problem.message,
+                }
+                for problem, loc in zip(error.problems, error.locations, strict=True)
+            ]
+            if fmt == "text":
+                print("\n".join(error.lines()))
+    if fmt == "json":
+        print(json.dumps(records, indent=2))
+    elif invalid:
+        print(f"{invalid} of {len(files)} file(s) invalid", file=sys.stderr)
+    return ExitStatus.INVALID if invalid else ExitStatus.OK
+
+
+def schema() -> int:
+    from runner.config.schema import schema_text  # noqa: PLC0415
+
+    sys.stdout.write(schema_text())
+    return ExitStatus.OK
+
+
+def show(file: str, fmt: str) -> int:
+    from runner.boot.cmdline import compose  # noqa: PLC0415
+    from runner.config.convert import unstructure  # noqa: PLC0415
+    from runner.config.load import load  # noqa: PLC0415
+    from runner.config.problems import ConfigError  # noqa: PLC0415
+
+    try:
+        vm = load(file)
+    except ConfigError as error:
+        print("\n".join(error.lines()), file=sys.stderr)
+        return ExitStatus.INVALID
+    document = unstructure(vm.resources)
+    if fmt == "json":
+        print(json.dumps(document, indent=2))
+        return ExitStatus.OK
+    import tomli_w  # noqa: PLC0415
+
+    print(f"# {file} with every default filled in (vmrun show)")
+    print(f"# kernel command line: {compose(vm.resources)}")
+    sys.stdout.write(tomli_w.dumps(document))
+    return ExitStatus.OK
+
+
+def run(file: str, host: str, workload: list[str] | None) -> int:
+    from runner.config.load import load  # noqa: PLC0415
+    from runner.config.problems import ConfigError  # noqa: PLC0415
+    from runner.unsupported import unsupported_features  # noqa: PLC0415
+
+    try:
+        vm = load(file)
+        refused = unsupported_features(vm.resources)
+        if refused:
+            raise vm.error(refused)
+    except ConfigError as error:
+        print("\n".join(error.lines()), file=sys.stderr)
+        return ExitStatus.VMM_FAILURE
+    if workload is None and vm.resources.workload is None:
+        print(f"vmrun: {file} has no [workload]; give one after `--`", file=sys.stderr)
+        return ExitStatus.VMM_FAILURE
+    print(
+        f"vmrun: {file} is valid, but booting a VM is not built yet (host: {host}); "
+        "nothing was run",
+        file=sys.stderr,
+    )
+    return ExitStatus.VMM_FAILURE
