@@ -38,7 +38,7 @@ class MachineConfig:
     """vCPUs, memory and CPU model (libkrun's VmConfig, plus nested and split_irqchip)."""
 
     vcpu_count: int = setting("Number of vCPUs.", 1, minimum=1, maximum=MAX_VCPUS)
-    mem_size_mib: int = setting("Guest memory in MiB.", 512, minimum=1, maximum=1048576)
+    mem_size_mib: int = setting("Guest memory in MiB.", 128, minimum=1, maximum=1048576)
     ht_enabled: bool = setting(
         "Present vCPUs as hyperthread pairs (then vcpu_count must be 1 or even).", False
     )
@@ -122,7 +122,11 @@ class KernelCmdline:
     epilog: str | None = setting("Trailing part, after the device entries.", None)
 
 
-Tee = Literal["sev", "snp", "tdx", "sgx", "azsnpvtpm", "aztdxvtpm", "cca", "csv", "se", "sample"]
+# kbs-types `Tee`, as it serializes (rename_all = "lowercase").
+Tee = Literal[
+    "sev", "snp", "tdx", "sgx", "azsnpvtpm", "aztdxvtpm", "cca", "csv", "se",
+    "hygondcu", "nvidia", "tpm", "sample", "sampledevice",
+]  # fmt: skip
 
 
 @attrs.frozen(kw_only=True)

@@ -70,7 +70,10 @@ def _unknown_key(key: str, known: list[str]) -> str:
     import difflib  # noqa: PLC0415 - only when there is an error to explain
 
     message = f"unknown key `{key}`"
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    # A shortened name (`mem` for `mem_size_mib`) is the likeliest slip; then spelling.
+    close = [name for name in known if name.startswith(key)] or difflib.get_close_matches(
+        key, known, n=1, cutoff=0.5
+    )
     if close:
         return f"{message}; did you mean `{close[0]}`?"
     return f"{message}; expected one of: {', '.join(known)}"

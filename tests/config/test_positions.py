@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import tomllib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -327,9 +327,7 @@ def test_never_raises_on_syntax_soup(source: str, kind: str, path: KeyPath) -> N
 
 def _index(source: str, position: Position) -> int:
     lines = source.split("\n")
-    return (
-        sum(len(line) + 1 for line in lines[: position.line - 1]) + position.column - 1
-    )
+    return sum(len(line) + 1 for line in lines[: position.line - 1]) + position.column - 1
 
 
 _keys = st.text(alphabet="ab_-1 .\"'#=[]{}é\\", max_size=4)
@@ -340,9 +338,7 @@ _scalars = st.one_of(
 )
 _values = st.recursive(
     _scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=3)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=3)),
     max_leaves=12,
 )
 _documents = st.dictionaries(_keys, _values, max_size=4)
@@ -369,11 +365,7 @@ def test_json_round_trip(data: dict[str, Any], indent: int | str | None) -> None
 
 
 def _toml_key(key: str) -> str:
-    return (
-        key
-        if re.fullmatch(r"[A-Za-z0-9_-]+", key)
-        else json.dumps(key, ensure_ascii=False)
-    )
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
 
 
 def _is_inline(value: Any) -> bool:
@@ -381,11 +373,7 @@ def _is_inline(value: Any) -> bool:
 
 
 def _is_aot(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(x, dict) for x in value)
-    )
+    return isinstance(value, list) and bool(value) and all(isinstance(x, dict) for x in value)
 
 
 def _toml_value(value: Any) -> str:
@@ -394,12 +382,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
-        if (
-            "'" not in value
-            and "\n" not in value
-            and "\t" not in value
-            and len(value) % 2
-        ):
+        if "'" not in value and "\n" not in value and "\t" not in value and len(value) % 2:
             return f"'{value}'"
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
@@ -425,9 +408,7 @@ def _toml_dump(table: dict[str, Any], header: list[str]) -> list[str]:
     return lines
 
 
-def _toml_walk(
-    value: Any, path: KeyPath, inline: bool
-) -> Iterator[tuple[KeyPath, str]]:
+def _toml_walk(value: Any, path: KeyPath, inline: bool) -> Iterator[tuple[KeyPath, str]]:
     if isinstance(value, dict):
         for key, item in value.items():
             yield (*path, key), _toml_key(key)

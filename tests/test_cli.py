@@ -1,0 +1,153 @@
+"""The `vmrun` command line: exit statuses and output, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.config.schema import schema_text
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV = str(ROOT / "configs" / "dev.toml")
+
+
+def vmrun(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", *args], capture_output=True, text=True, timeout=60
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture
+def bad_file(tmp_path: Path) -> str:
+    path = tmp_path / "bad.toml"
+    path.write_text("[machine]\nvcpu_count = 0\nmem = 1\n")
+    return str(path)
+
+
+def test_validate_valid_file_exits_0() -> None:
+    result = vmrun("validate", DEV)
+    assert result.returncode == 0
+    assert result.stdout == ""
+
+
+def test_validate_reports_every_problem_and_exits_1(bad_file: str) -> None:
+    result = vmrun("validate", DEV, bad_file)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{bad_file}:2:1: machine.vcpu_count: must be at least 1, got 0",
+        f"{bad_file}:3:1: machine.mem: unknown key `mem`; did you mean `mem_size_mib`?",
+    ]
+    assert "1 of 2 file(s) invalid" in result.stderr
+
+
+def test_validate_json_format(bad_file: str) -> None:
+    result = vmrun("validate", "--format", "json", bad_file)
+    assert result.returncode == 1
+    records = json.loads(result.stdout)
+    assert records[0] == {
+        "file": bad_file,
+        "line": 2,
+        "column": 1,
+        "path": "machine.vcpu_count",
+        "message": "must be at least 1, got 0",
+    }
+    assert len(records) == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["validate"], ["show"], ["validate", "--format", "xml", DEV], ["schema", "--", "x"],
+     ["run", DEV, "--"]],
+)  # fmt: skip
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = vmrun(*args)
+    assert result.returncode == 2
+    assert "usage: vmrun" in result.stderr
+
+
+def test_schema_prints_the_published_schema() -> None:
+    result = vmrun("schema")
+    assert result.returncode == 0
+    assert result.stdout == schema_text()
+
+
+def test_show_fills_defaults_and_composes_the_command_line() -> None:
+    result = vmrun("show", DEV)
+    assert result.returncode == 0
+    assert "# kernel command line: reboot=k panic=-1" in result.stdout
+    assert "split_irqchip = false" in result.stdout
+    assert 'format = "auto"' in result.stdout
+
+
+def test_show_invalid_file_exits_1(bad_file: str) -> None:
+    result = vmrun("show", bad_file)
+    assert result.returncode == 1
+    assert "machine.vcpu_count: must be at least 1" in result.stderr
+
+
+def test_run_invalid_file_exits_125(bad_file: str) -> None:
+    for args in (["run", bad_file], [bad_file]):
+        result = vmrun(*args)
+        assert result.returncode == 125
+        assert f"{bad_file}:2:1: machine.vcpu_count" in result.stderr
+
+
+def test_run_says_booting_is_not_built(tmp_path: Path) -> None:
+    for args in (["run", DEV], [DEV], [DEV, "--", "/bin/true"]):
+        result = vmrun(*args)
+        assert result.returncode == 125
+        assert "booting a VM is not built yet" in result.stderr
+
+
+def test_run_without_a_workload_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    result = vmrun(str(path))
+    assert result.returncode == 125
+    assert "has no [workload]; give one after `--`" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("section", "path", "message"),
+    [
+        ("[gpu]\n", "gpu", "virtio-gpu is not supported by this vmrun build"),
+        ("snd_device = true\n", "snd_device", "virtio-snd is not supported"),
+        ('[vsock]\ntsi = ["hijack_inet"]\n', "vsock.tsi", "Transparent Socket Impersonation"),
+        (
+            '[tee_config]\nworkload_id = "w"\ncpus = 1\nram_mib = 512\ntee = "sample"\n',
+            "tee_config",
+            "sample TEE guests are not supported by this vmrun build",
+        ),
+        (
+            '[kernel_bundle]\nlibrary = "/nonexistent/libkrunfw.so.4"\n',
+            "kernel_bundle.library",
+            "/nonexistent/libkrunfw.so.4 is not installed on this host",
+        ),
+    ],
+)
+def test_run_refuses_what_this_build_cannot_do(
+    tmp_path: Path, section: str, path: str, message: str
+) -> None:
+    vm = tmp_path / "vm.toml"
+    vm.write_text(f'{section}\n[workload]\nexec = "/bin/true"\n')
+    assert vmrun("validate", str(vm)).returncode == 0
+    result = vmrun(str(vm))
+    assert result.returncode == 125
+    assert result.stderr.startswith(f"{vm}:")
+    assert f": {path}: {message}" in result.stderr
+
+
+def test_unreadable_and_unknown_files(tmp_path: Path) -> None:
+    result = vmrun("validate", str(tmp_path / "missing.toml"), str(tmp_path / "vm.yaml"))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{tmp_path / 'missing.toml'}:1:1: (document): "
+        "cannot read the file: No such file or directory",
+        f"{tmp_path / 'vm.yaml'}:1:1: (document): a VM file ends in .toml or .json",
+    ]
