@@ -6,7 +6,7 @@ with these messages instead of silently leaving a device out.
 
 from __future__ import annotations
 
-import ctypes.util
+import ctypes
 import os
 
 from runner.config.model import VmResources
@@ -53,6 +53,10 @@ def _tee_refusal(tee: str) -> str:
 
 
 def _library_present(library: str) -> bool:
-    if "/" in library:
-        return os.path.isfile(library)
-    return ctypes.util.find_library(library.removeprefix("lib").split(".so")[0]) is not None
+    # Paths were resolved and checked by the loader; a soname is looked up exactly as the
+    # builder will load it (find_library would ignore the version in `libkrunfw.so.4`).
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return False
+    return True

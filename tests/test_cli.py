@@ -125,9 +125,9 @@ def test_run_without_a_workload_says_so(tmp_path: Path) -> None:
             "sample TEE guests are not supported by this vmrun build",
         ),
         (
-            '[kernel_bundle]\nlibrary = "/nonexistent/libkrunfw.so.4"\n',
+            '[kernel_bundle]\nlibrary = "libkrunfw-absent.so.4"\n',
             "kernel_bundle.library",
-            "/nonexistent/libkrunfw.so.4 is not installed on this host",
+            "libkrunfw-absent.so.4 is not installed on this host",
         ),
     ],
 )

@@ -10,7 +10,12 @@ from typing import Any
 from runner.arch.x86_64 import layout
 from runner.boot import cmdline
 from runner.boot.footprint import kernel_footprint
-from runner.config.devices import FS_TAG_MAX_BYTES, UnixGramBackend, UnixStreamBackend
+from runner.config.devices import (
+    FS_TAG_MAX_BYTES,
+    PasstBackend,
+    UnixGramBackend,
+    UnixStreamBackend,
+)
 from runner.config.model import BlockRoot, FsRoot, VmResources
 from runner.config.problems import KeyPath, Problem, format_key_path
 from runner.devices.slots import virtio_slots
@@ -204,7 +209,8 @@ def socket_paths(r: VmResources) -> Iterator[Problem]:
     sockets = [
         (("net", i, "backend", "socket_path"), nic.backend.socket_path)
         for i, nic in enumerate(r.net)
-        if isinstance(nic.backend, UnixStreamBackend | UnixGramBackend)
+        if isinstance(nic.backend, PasstBackend | UnixStreamBackend | UnixGramBackend)
+        and nic.backend.socket_path is not None
     ]
     if r.vsock:
         sockets += [

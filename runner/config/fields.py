@@ -21,6 +21,7 @@ class PathUse(enum.Enum):
     PARENT = "parent"  # vmrun creates it; its directory must exist (output files, sockets)
     STREAM_IN = "stream-in"  # `stdin`, `null`, or a FILE (console input)
     STREAM_OUT = "stream-out"  # `stdout`, `stderr`, `null`, or a PARENT (console output)
+    LIBRARY = "library"  # a soname found as dlopen finds it, or (with a `/`) a FILE
 
 
 # Console endpoints that name a stream of vmrun's own process instead of a host path.

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import attrs
@@ -19,7 +20,7 @@ from runner.config import convert
 from runner.config.checks import semantic_problems
 from runner.config.model import VmResources
 from runner.config.paths import path_problems, resolve_paths
-from runner.config.problems import ConfigError, Location, Problem
+from runner.config.problems import ConfigError, KeyPath, Location, Problem
 from runner.config.schema_check import schema_problems
 
 if sys.version_info >= (3, 11):
@@ -143,7 +144,24 @@ def _parse(source: _Source) -> dict[str, Any]:
         raise source.fail(
             [Problem((), "a VM file holds one object (a table) at the top")], [Location(1, 1)]
         )
+    broken = list(_lone_surrogates(document, ()))
+    if broken:
+        raise source.fail(broken)
     return document
+
+
+def _lone_surrogates(value: Any, path: KeyPath) -> Iterator[Problem]:
+    # JSON's \ud800 escapes can make strings that are not Unicode text; TOML refuses them.
+    if isinstance(value, str):
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            yield Problem(path, "holds a lone UTF-16 surrogate escape, which is not text")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _lone_surrogates(key, path)
+            yield from _lone_surrogates(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _lone_surrogates(item, (*path, index))
 
 
 class _DuplicateKey(Exception):

@@ -85,7 +85,10 @@ class KernelBundle:
     """A kernel from libkrunfw, the library that carries libkrun's own guest kernel."""
 
     library: str = setting(
-        "libkrunfw library to load (a soname searched as dlopen does, or a path).", "libkrunfw.so.4"
+        "libkrunfw library to load: a soname searched as dlopen does, or a path (with a `/`) "
+        "relative to the VM file.",
+        "libkrunfw.so.4",
+        path=PathUse.LIBRARY,
     )
     guest_addr: int | None = setting(
         "Guest physical address to load the kernel at; must be page-aligned. "
@@ -227,7 +230,7 @@ class VmResources:
         "console= for the kernel (e.g. ttyS0, hvc0); absent: the first serial console, "
         "else the implicit console.",
         None,
-        pattern=r"^(ttyS[0-3]|hvc[0-9]+)$",
+        pattern=r"^(ttyS[0-3]|hvc[0-9]{1,2})$",
     )
     serial_consoles: tuple[SerialConsole, ...] = setting(
         "16550 UARTs on COM1..COM4, in order.", factory=tuple, maxItems=4

@@ -19,6 +19,9 @@ _STREAMS = {PathUse.STREAM_IN: STREAM_IN_NAMES, PathUse.STREAM_OUT: STREAM_OUT_N
 
 
 def is_stream(use: PathUse, value: str) -> bool:
+    """True for values that name no host path: a stream word, or a library's bare soname."""
+    if use is PathUse.LIBRARY:
+        return "/" not in value
     return value in _STREAMS.get(use, ())
 
 
@@ -78,7 +81,7 @@ def path_problems(obj: Any) -> list[Problem]:
 
 
 def _missing(use: PathUse, value: str) -> str | None:
-    if use in (PathUse.FILE, PathUse.STREAM_IN):
+    if use in (PathUse.FILE, PathUse.STREAM_IN, PathUse.LIBRARY):
         if not os.path.exists(value):
             return f"no such file: {value}"
         if os.path.isdir(value):

@@ -20,7 +20,7 @@ PATTERN_HINTS = {
     model.HOSTNAME_PATTERN: "is not a valid host name",
     model.ENV_NAME_PATTERN: "is not a variable name (letters, digits, `_`; no digit first)",
     r"^/": "must be an absolute path in the guest",
-    r"^(ttyS[0-3]|hvc[0-9]+)$": "must be ttyS0..ttyS3 or hvcN",
+    r"^(ttyS[0-3]|hvc[0-9]{1,2})$": "must be ttyS0..ttyS3 or hvc0..hvc99",
     r"^[^/\s]+$": "must not contain `/` or white space",
     r"^[a-z0-9_]+$": "must be a file system type name (lower-case letters, digits, `_`)",
 }
