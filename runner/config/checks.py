@@ -39,7 +39,7 @@ def hyperthreading(r: VmResources) -> Iterator[Problem]:
 
 def memory_fits_images(r: VmResources) -> Iterator[Problem]:
     images = {}
-    if r.kernel.path and os.path.isfile(r.kernel.path):
+    if r.kernel.path and os.path.isfile(r.kernel.path) and os.access(r.kernel.path, os.R_OK):
         images["kernel"] = kernel_footprint(r.kernel.path)
     if r.kernel.initramfs and os.path.isfile(r.kernel.initramfs):
         images["initramfs"] = os.path.getsize(r.kernel.initramfs)

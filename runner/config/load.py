@@ -110,11 +110,14 @@ def _read(path: str) -> _Source:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        # Columns count characters everywhere; the bytes before the bad one are valid UTF-8.
+        column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
         raise ConfigError(
             path, [Problem((), "the file is not UTF-8 text")], [Location(line, column)]
         ) from exc
-    return _Source(path, kind, text)
+    # A byte-order mark is an editor's habit, not content; tomllib and json refuse it.
+    return _Source(path, kind, text.removeprefix("\ufeff"))
 
 
 _TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)$")
@@ -130,6 +133,10 @@ def _parse(source: _Source) -> dict[str, Any]:
             at = Location(int(found[1]), int(found[2])) if found else _end_of(source.text)
             text = _TOML_AT.sub("", message).replace("(at end of document)", "").strip()
             raise source.fail([Problem((), f"TOML syntax: {text}")], [at]) from exc
+        except RecursionError as exc:
+            raise source.fail(
+                [Problem((), "TOML syntax: nested too deeply")], [Location(1, 1)]
+            ) from exc
         return document
     try:
         document = json.loads(source.text, object_pairs_hook=_no_duplicate_keys)
@@ -138,8 +145,16 @@ def _parse(source: _Source) -> dict[str, Any]:
             [Problem((), f"JSON syntax: {exc.msg}")], [Location(exc.lineno, exc.colno)]
         ) from exc
     except _DuplicateKey as exc:
-        problem = Problem((), f"key `{exc.key}` is given twice in one object")
-        raise source.fail([problem], [_second_key(source.text, exc.key)]) from exc
+        from runner.config.positions import json_repeated_key  # noqa: PLC0415 - error path
+
+        found = json_repeated_key(source.text)
+        path, at = found if found else ((), Location(1, 1))
+        problem = Problem(path, f"`{exc}` is given twice in one object")
+        raise source.fail([problem], [Location(*at)]) from exc
+    except RecursionError as exc:
+        raise source.fail(
+            [Problem((), "JSON syntax: nested too deeply")], [Location(1, 1)]
+        ) from exc
     if not isinstance(document, dict):
         raise source.fail(
             [Problem((), "a VM file holds one object (a table) at the top")], [Location(1, 1)]
@@ -165,22 +180,11 @@ def _lone_surrogates(value: Any, path: KeyPath) -> Iterator[Problem]:
 
 
 class _DuplicateKey(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _second_key(text: str, key: str) -> Location:
-    # The hook sees no positions; the repeated key is the later of its spellings in the text.
-    spots = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
-    offset = spots[1] if len(spots) > 1 else 0
-    line = text.count("\n", 0, offset) + 1
-    return Location(line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
+    """A JSON object gives a key twice (json keeps the last; vmrun refuses)."""
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # JSON parsers keep the last of two equal keys; TOML refuses them. Refuse them here too:
-    # a setting that silently loses to a later one is lost.
+    # A setting that silently loses to a later one is lost: refuse it, as TOML does.
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:

@@ -59,6 +59,16 @@ def locate(source: str, kind: Literal["toml", "json"], path: KeyPath) -> Positio
     return Position(1, 1)
 
 
+def json_repeated_key(source: str) -> tuple[KeyPath, Position] | None:
+    """The first key that a JSON text gives twice in one object, and where it is repeated."""
+    scanner = _Json(source)
+    scanner.run()
+    if not scanner.repeats:
+        return None
+    path, index = scanner.repeats[0]
+    return path, _position(source, index)
+
+
 def _position(source: str, index: int) -> Position:
     line_start = source.rfind("\n", 0, index) + 1
     return Position(source.count("\n", 0, index) + 1, index - line_start + 1)
@@ -278,6 +288,15 @@ def _unescape(raw: str) -> str:
 
 class _Json(_Scanner):
     keep_first = False
+
+    def __init__(self, source: str) -> None:
+        super().__init__(source)
+        self.repeats: list[tuple[KeyPath, int]] = []  # keys given again in the same object
+
+    def define(self, path: KeyPath, index: int) -> None:
+        if path in self.found and isinstance(path[-1], str):
+            self.repeats.append((path, index))
+        super().define(path, index)
 
     def scan(self) -> None:
         self.value(self.skip(0, _WS_NL), (), 0)

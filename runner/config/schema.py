@@ -70,7 +70,12 @@ class _Builder:
             },
             "allOf": [
                 {
-                    "if": {"properties": {"type": {"const": tag}}, "required": ["type"]},
+                    # `type: object` keeps a non-table value from matching every branch.
+                    "if": {
+                        "type": "object",
+                        "properties": {"type": {"const": tag}},
+                        "required": ["type"],
+                    },
                     "then": {"$ref": f"#/$defs/{self.define(member)}"},
                 }
                 for tag, member in zip(tags, members, strict=True)

@@ -7,6 +7,7 @@ jsonschema finds the errors; this module only words them for a person (`unknown 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from runner.config import devices, model
@@ -39,7 +40,20 @@ TYPE_WORDS = {
 def _validator() -> Any:
     import jsonschema  # noqa: PLC0415 - heavy import, only on the schema path
 
-    return jsonschema.Draft202012Validator(schema())
+    # JSON Schema patterns are ECMA-262 regexes, where `$` ends the string; Python's `$`
+    # also matches before a final newline, which would let "eth0\n" pass as an id.
+    def pattern(validator: Any, regex: str, instance: Any, _schema: Any) -> Any:
+        if validator.is_type(instance, "string") and not re.search(_ecma_end(regex), instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {regex!r}")
+
+    checker = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": pattern})
+    return checker(schema())
+
+
+def _ecma_end(regex: str) -> str:
+    if regex.endswith("$") and not regex.endswith("\\$"):
+        return regex[:-1] + r"\Z"
+    return regex
 
 
 def schema_problems(document: Any) -> list[Problem]:
@@ -47,7 +61,8 @@ def schema_problems(document: Any) -> list[Problem]:
     problems: list[Problem] = []
     for error in _validator().iter_errors(document):
         problems.extend(_explain(error))
-    return problems
+    # jsonschema reports `required` once per missing key, each naming them all.
+    return list(dict.fromkeys(problems))
 
 
 def _explain(error: Any) -> list[Problem]:
