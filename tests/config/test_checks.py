@@ -12,34 +12,14 @@ import struct
 from pathlib import Path
 
 import pytest
+from expect import lines, passes, problems
 
 from runner.arch.x86_64 import layout
 from runner.boot import cmdline
 from runner.config import checks
-from runner.config.load import VmFile, load
-from runner.config.problems import ConfigError, format_key_path
+from runner.config.load import load
 
 MIB = layout.MIB
-
-
-def problems(path: str) -> list[tuple[str, str]]:
-    """(key path, message) of every problem `load` reports, in its order."""
-    with pytest.raises(ConfigError) as info:
-        load(path)
-    return [(format_key_path(p.path), p.message) for p in info.value.problems]
-
-
-def lines(path: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(path)
-    return info.value.lines()
-
-
-def passes(path: str) -> VmFile:
-    try:
-        return load(path)
-    except ConfigError as exc:  # pragma: no cover - the failure message is the point
-        pytest.fail("\n".join(exc.lines()))
 
 
 # --- image files the memory rule reads -------------------------------------------------------

@@ -14,11 +14,12 @@ import attrs
 import cattrs
 import jsonschema
 import pytest
+from expect import lines, problems
 
 from runner.config import model
 from runner.config.fields import description_of, schema_keywords_of
 from runner.config.load import load
-from runner.config.problems import ConfigError, format_key_path
+from runner.config.problems import ConfigError
 from runner.config.schema import schema, schema_text
 
 if sys.version_info >= (3, 11):
@@ -217,18 +218,6 @@ def test_schema_key_at_the_top_only() -> None:
 
 
 # --- (d) messages ----------------------------------------------------------------------------
-
-
-def problems(path: str) -> list[tuple[str, str]]:
-    with pytest.raises(ConfigError) as info:
-        load(path)
-    return [(format_key_path(p.path), p.message) for p in info.value.problems]
-
-
-def lines(path: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(path)
-    return info.value.lines()
 
 
 def test_unknown_key_with_a_suggestion(write_vm) -> None:
