@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from runner.exit_status import ExitStatus
 
-COMMANDS = ("validate", "schema", "show", "run")
+COMMANDS = ("validate", "schema", "show", "run", "emulated-host")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +44,34 @@ def _parser() -> argparse.ArgumentParser:
         "--host", choices=("auto", "kvm", "emulated"), default="auto",
         help="where to run: /dev/kvm, an emulated KVM host, or auto (default)",
     )  # fmt: skip
+    host = sub.add_parser(
+        "emulated-host",
+        help="run one command inside an emulated KVM host (QEMU TCG with SVM)",
+        description="Run CMD inside a Linux host booted under QEMU's emulator, whose /dev/kvm "
+        "is real. The command sees this machine's files at the same paths, read-only, except "
+        "the current directory, each --writable DIR and $TMPDIR (a fresh scratch directory), "
+        "which are read-write and whose changes stay on this machine. It runs in the current "
+        "directory with this environment; its output streams back as it comes.",
+        epilog="Exit status: the command's; 124 when --timeout ended it; 125 when the emulated "
+        "host itself failed (the message says why).",
+    )
+    host.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="stop everything after this long (default 3600)",
+    )
+    host.add_argument("--cpus", type=int, default=2, help="vCPUs of the emulated host (default 2)")
+    host.add_argument(
+        "--memory",
+        type=int,
+        default=4096,
+        metavar="MIB",
+        help="memory of the emulated host in MiB (default 4096)",
+    )
+    host.add_argument("--writable", action="append", default=[], metavar="DIR",
+                      help="another directory the command may write to (repeatable)")  # fmt: skip
     return parser
 
 
@@ -57,8 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_in.insert(0, "run")
     parser = _parser()
     args = parser.parse_args(args_in)
-    if workload is not None and args.command != "run":
-        parser.error("`-- CMD ARGS...` is only for `vmrun run`")
+    if workload is not None and args.command not in ("run", "emulated-host"):
+        parser.error("`-- CMD ARGS...` is only for `vmrun run` and `vmrun emulated-host`")
+    if args.command == "emulated-host" and not workload:
+        parser.error("emulated-host needs a command: vmrun emulated-host -- CMD ARGS...")
     if workload == []:
         parser.error("`--` must be followed by a command")
     try:
@@ -68,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return schema()
         if args.command == "show":
             return show(args.file, args.format)
+        if args.command == "emulated-host":
+            settings = (args.cpus, args.memory, args.timeout, tuple(args.writable))
+            return emulated_host(workload or [], *settings)
         return run(args.file, args.host, workload)
     except KeyboardInterrupt:
         return 128 + 2
@@ -76,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def validate(files: list[str], fmt: str) -> int:
-    from runner.config.load import load  # noqa: PLC0415
-    from runner.config.problems import ConfigError, format_key_path  # noqa: PLC0415
+    from runner.config.load import load
+    from runner.config.problems import ConfigError, format_key_path
 
     records = []
     invalid = 0
@@ -106,17 +139,17 @@ def validate(files: list[str], fmt: str) -> int:
 
 
 def schema() -> int:
-    from runner.config.schema import schema_text  # noqa: PLC0415
+    from runner.config.schema import schema_text
 
     sys.stdout.write(schema_text())
     return ExitStatus.OK
 
 
 def show(file: str, fmt: str) -> int:
-    from runner.boot.cmdline import compose  # noqa: PLC0415
-    from runner.config.convert import unstructure  # noqa: PLC0415
-    from runner.config.load import load  # noqa: PLC0415
-    from runner.config.problems import ConfigError  # noqa: PLC0415
+    from runner.boot.cmdline import compose
+    from runner.config.convert import unstructure
+    from runner.config.load import load
+    from runner.config.problems import ConfigError
 
     try:
         vm = load(file)
@@ -127,7 +160,7 @@ def show(file: str, fmt: str) -> int:
     if fmt == "json":
         print(json.dumps(document, indent=2))
         return ExitStatus.OK
-    import tomli_w  # noqa: PLC0415
+    import tomli_w
 
     print(f"# {file} with every default filled in (vmrun show)")
     print(f"# kernel command line: {compose(vm.resources)}")
@@ -136,9 +169,9 @@ def show(file: str, fmt: str) -> int:
 
 
 def run(file: str, host: str, workload: list[str] | None) -> int:
-    from runner.config.load import load  # noqa: PLC0415
-    from runner.config.problems import ConfigError  # noqa: PLC0415
-    from runner.unsupported import unsupported_features  # noqa: PLC0415
+    from runner.config.load import load
+    from runner.config.problems import ConfigError
+    from runner.unsupported import unsupported_features
 
     try:
         vm = load(file)
@@ -157,3 +190,22 @@ def run(file: str, host: str, workload: list[str] | None) -> int:
         file=sys.stderr,
     )
     return ExitStatus.VMM_FAILURE
+
+
+def emulated_host(
+    argv: list[str], cpus: int, memory_mib: int, timeout_s: float, writable: tuple[str, ...]
+) -> int:
+    from runner.emulated.host import HARNESS_FAILURE, HarnessError, Settings, run_in_host
+    from runner.emulated.image import provision
+    from runner.guest.debian import PackageError
+
+    try:
+        image = provision()
+        settings = Settings(cpus, memory_mib, timeout_s, writable)
+        outcome = run_in_host(image, argv, settings, sys.stdout.buffer, sys.stderr.buffer)
+    except (PackageError, HarnessError) as exc:
+        print(f"vmrun emulated-host: {exc}", file=sys.stderr)
+        return HARNESS_FAILURE
+    if outcome.message:
+        print(f"vmrun emulated-host: {outcome.message}", file=sys.stderr)
+    return outcome.status

@@ -39,7 +39,7 @@ class _Source:
     text: str
 
     def fail(self, problems: list[Problem], at: list[Location] | None = None) -> ConfigError:
-        from runner.config.positions import locate  # noqa: PLC0415 - only on the error path
+        from runner.config.positions import locate  # only on the error path
 
         locations = at or [Location(*locate(self.text, self.kind, p.path)) for p in problems]
         pairs = sorted(
@@ -145,7 +145,7 @@ def _parse(source: _Source) -> dict[str, Any]:
             [Problem((), f"JSON syntax: {exc.msg}")], [Location(exc.lineno, exc.colno)]
         ) from exc
     except _DuplicateKey as exc:
-        from runner.config.positions import json_repeated_key  # noqa: PLC0415 - error path
+        from runner.config.positions import json_repeated_key  # error path
 
         found = json_repeated_key(source.text)
         path, at = found if found else ((), Location(1, 1))

@@ -38,7 +38,7 @@ TYPE_WORDS = {
 
 @functools.cache
 def _validator() -> Any:
-    import jsonschema  # noqa: PLC0415 - heavy import, only on the schema path
+    import jsonschema  # heavy import, only on the schema path
 
     # JSON Schema patterns are ECMA-262 regexes, where `$` ends the string; Python's `$`
     # also matches before a final newline, which would let "eth0\n" pass as an id.
@@ -82,7 +82,7 @@ def _explain(error: Any) -> list[Problem]:
 
 
 def _unknown_key(key: str, known: list[str]) -> str:
-    import difflib  # noqa: PLC0415 - only when there is an error to explain
+    import difflib  # only when there is an error to explain
 
     message = f"unknown key `{key}`"
     # A shortened name (`mem` for `mem_size_mib`) is the likeliest slip; then spelling.

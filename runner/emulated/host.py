@@ -1,0 +1,233 @@
+"""Run one command inside the emulated host: QEMU (TCG, `-cpu max`, which emulates AMD SVM)
+booting a Linux whose /dev/kvm is real.
+
+The command sees the host's files at their own paths (read-only), the writable directories
+(by default the current directory) and a scratch directory read-write, and runs in the
+current directory with this process's environment. Its stdout and stderr stream back as
+they come over two virtio-serial ports; its exit status comes back through the scratch
+directory. QEMU never outlives this: it dies with its parent (PR_SET_PDEATHSIG), on
+Ctrl-C, and at the timeout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import attrs
+
+from runner.cache import cache_dir
+from runner.emulated.image import HostImage
+
+TIMED_OUT = 124  # as timeout(1)
+HARNESS_FAILURE = 125  # vmrun's own failure, not the command's
+QEMU = "qemu-system-x86_64"
+PR_SET_PDEATHSIG = 1
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Set by vmrun inside the emulated host, so that nested tools know where they are.
+INSIDE_ENV = "VMRUN_IN_EMULATED_HOST"
+
+
+class HarnessError(Exception):
+    """The emulated host itself failed (not the command run in it)."""
+
+
+@attrs.frozen
+class Settings:
+    cpus: int = 2
+    memory_mib: int = 4096
+    timeout_s: float = 3600.0
+    writable: tuple[str, ...] = ()  # besides the current directory
+
+
+@attrs.frozen
+class Outcome:
+    status: int  # the command's exit status, or TIMED_OUT / HARNESS_FAILURE
+    message: str = ""  # why, when vmrun itself ended it
+
+
+def qemu_missing() -> str | None:
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} is not installed: install Debian's qemu-system-x86"
+    return None
+
+
+def run_in_host(
+    image: HostImage,
+    argv: Sequence[str],
+    settings: Settings,
+    stdout: BinaryIO,
+    stderr: BinaryIO,
+) -> Outcome:
+    """Boot the emulated host, run `argv` in it, and return its outcome."""
+    missing = qemu_missing()
+    if missing:
+        return Outcome(HARNESS_FAILURE, missing)
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="vmrun-host-") as scratch:
+        scratch_path = Path(scratch)
+        (scratch_path / "tmp").mkdir()
+        # The cache too: provisioned kernels and images are reused, and built ones kept.
+        writable = _writable_dirs(cwd, (*settings.writable, str(cache_dir())))
+        _write_job(scratch_path, argv, cwd, writable)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        cmd = _qemu_command(image, settings, scratch_path, writable, out_w, err_w)
+        with open(scratch_path / "qemu.log", "wb") as qemu_log:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=qemu_log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(out_w, err_w),
+                start_new_session=True,  # Ctrl-C reaches vmrun, which stops QEMU itself
+                preexec_fn=_die_with_parent,
+            )
+        os.close(out_w)
+        os.close(err_w)
+        pumps = [_pump(out_r, stdout), _pump(err_r, stderr)]
+        try:
+            timed_out = _wait(proc, settings.timeout_s)
+        finally:
+            _stop(proc)
+            for pump in pumps:
+                pump.join(timeout=5)
+        return _outcome(scratch_path, proc, timed_out, settings, argv)
+
+
+def _writable_dirs(cwd: str, extra: Sequence[str]) -> list[str]:
+    dirs = []
+    for path in (cwd, *extra):
+        real = os.path.realpath(path)
+        if not os.path.isdir(real):
+            raise HarnessError(f"writable directory {path} does not exist")
+        if real != "/" and real not in dirs:
+            dirs.append(real)
+    return dirs
+
+
+def _write_job(scratch: Path, argv: Sequence[str], cwd: str, writable: list[str]) -> None:
+    # Sourced by the init (PID 1): it must not exit, only report through `fail`.
+    # (A 9p channel mounts once: the scratch directory, already on /scratch, is bound.)
+    mounts = [(f"-t 9p -o $P9 rw{i}", path) for i, path in enumerate(writable)]
+    mounts.append(("-o bind /scratch", str(scratch)))
+    lines = [
+        f"mount {how} /host{shlex.quote(path)} || fail {shlex.quote('cannot mount ' + path)}"
+        for how, path in mounts
+    ]
+    lines.append(f"JOB={shlex.quote(str(scratch / 'job.sh'))}")
+    (scratch / "mounts.sh").write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if ENV_NAME.match(k)}
+    env.update({"TMPDIR": str(scratch / "tmp"), INSIDE_ENV: "1"})
+    job = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+    job += [f"cd {shlex.quote(cwd)} || exit 125", "exec " + shlex.join(argv)]
+    (scratch / "job.sh").write_text("\n".join(job) + "\n")
+
+
+def _qemu_command(
+    image: HostImage, settings: Settings, scratch: Path, writable: list[str], out_w: int, err_w: int
+) -> list[str]:
+    def share(path: str, tag: str, read_only: bool = False) -> list[str]:
+        spec = f"local,path={path},mount_tag={tag},security_model=none,multidevs=remap"
+        return ["-virtfs", spec + (",readonly=on" if read_only else "")]
+
+    cmd = [
+        QEMU,
+        "-accel", "tcg,thread=multi",
+        "-cpu", "max",
+        "-machine", "q35",
+        "-smp", str(settings.cpus),
+        "-m", str(settings.memory_mib),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", str(image.kernel),
+        "-initrd", str(image.initramfs),
+        "-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+        "-serial", f"file:{scratch / 'console.log'}",
+        "-device", "virtio-serial-pci,id=ports",
+        "-chardev", f"file,id=stdout,path=/proc/self/fd/{out_w}",
+        "-device", "virtserialport,bus=ports.0,chardev=stdout,name=stdout",
+        "-chardev", f"file,id=stderr,path=/proc/self/fd/{err_w}",
+        "-device", "virtserialport,bus=ports.0,chardev=stderr,name=stderr",
+    ]  # fmt: skip
+    cmd += share("/", "host", read_only=True) + share(str(scratch), "scratch")
+    for index, path in enumerate(writable):
+        cmd += share(path, f"rw{index}")
+    return cmd
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _pump(fd: int, sink: BinaryIO) -> threading.Thread:
+    def copy() -> None:
+        with os.fdopen(fd, "rb", buffering=0) as source:
+            while chunk := source.read(65536):
+                sink.write(chunk)
+                sink.flush()
+
+    thread = threading.Thread(target=copy, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Wait for QEMU to end; True when the timeout ended it."""
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _outcome(
+    scratch: Path,
+    proc: subprocess.Popen[bytes],
+    timed_out: bool,
+    settings: Settings,
+    argv: Sequence[str],
+) -> Outcome:
+    status_file = scratch / "status"
+    if timed_out:
+        return Outcome(
+            TIMED_OUT,
+            f"timed out after {settings.timeout_s:g} s: `{shlex.join(argv)}` was still running"
+            + _tail(scratch, "the emulated host's console ended with"),
+        )
+    if status_file.exists():
+        text = status_file.read_text().strip()
+        if text.isdigit():
+            return Outcome(int(text))
+    return Outcome(
+        HARNESS_FAILURE,
+        f"the emulated host ended (QEMU status {proc.returncode}) without running the command"
+        + _tail(scratch, "its console ended with")
+        + _tail(scratch, "QEMU said", "qemu.log"),
+    )
+
+
+def _tail(scratch: Path, title: str, name: str = "console.log", lines: int = 15) -> str:
+    try:
+        text = (scratch / name).read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    if not text:
+        return ""
+    return f"\n{title}:\n" + "\n".join("  " + line for line in text.splitlines()[-lines:])

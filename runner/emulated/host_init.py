@@ -1,0 +1,42 @@
+"""PID 1 of the emulated host: a busybox shell script.
+
+It loads the modules, mounts the host's / read-only over 9p (tag `host`) and the job's
+scratch directory read-write (tag `scratch`), runs `/scratch/mounts.sh` (written by vmrun:
+the writable directories, mounted at their own paths), then runs `/scratch/job.sh` chrooted
+into the host's files with stdout and stderr on the virtio-serial ports `stdout` and
+`stderr`. It writes the exit status to `/scratch/status` and powers off. Anything that goes
+wrong before the job runs leaves no status file: vmrun reports that as its own failure,
+with the console log.
+"""
+
+HOST_INIT = r"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /host /scratch /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+say() { echo "vmrun-host: $*" > /dev/ttyS0; }
+fail() { say "$*"; sync; poweroff -f; }
+for m in $(cat /etc/modules); do insmod /lib/modules/$m.ko || say "cannot load $m"; done
+P9=trans=virtio,version=9p2000.L,msize=262144
+mount -t 9p -o $P9,ro host /host || fail "cannot mount the host's files"
+mount -t 9p -o $P9 scratch /scratch || fail "cannot mount the scratch directory"
+. /scratch/mounts.sh || fail "cannot mount the writable directories"
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -t devtmpfs dev /host/dev
+mkdir -p /host/dev/pts /host/dev/shm 2>/dev/null
+mount -t devpts devpts /host/dev/pts
+mount -t tmpfs shm /host/dev/shm
+mount -t tmpfs run /host/run
+for port in /sys/class/virtio-ports/*; do
+  eval "port_$(cat $port/name)=/dev/${port##*/}"
+done
+[ -c "$port_stdout" ] && [ -c "$port_stderr" ] || fail "no stdout/stderr ports"
+[ -e /dev/kvm ] || say "no /dev/kvm (kvm-amd did not load)"
+chroot /host /bin/sh "$JOB" < /dev/null > "$port_stdout" 2> "$port_stderr"
+echo $? > /scratch/status
+sync
+poweroff -f
+"""

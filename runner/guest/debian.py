@@ -1,0 +1,118 @@
+"""Debian packages as data: download a .deb into the cache (with a progress bar and its
+SHA256 checked) and unpack it, without installing anything on the host.
+
+apt itself says where a package is and what its checksum is (`apt-get download
+--print-uris`); vmrun only downloads and unpacks, so it works as any user on Debian and
+Ubuntu hosts and never changes the host's package state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from runner.cache import cache_dir
+
+
+class PackageError(Exception):
+    """A package that cannot be had; the message says what to do instead."""
+
+
+_URI_LINE = re.compile(
+    r"^'(?P<url>[^']+)' (?P<file>\S+) (?P<size>\d+) SHA256:(?P<sha>[0-9a-f]{64})"
+)
+
+
+def _apt(*args: str) -> str:
+    if shutil.which(args[0]) is None:
+        raise PackageError(
+            f"`{args[0]}` is not available: vmrun fetches Debian packages with apt "
+            "(Debian and Ubuntu hosts)"
+        )
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1:] or ["(no message)"]
+        raise PackageError(f"`{' '.join(args)}` failed: {detail[0]}; is `apt-get update` done?")
+    return result.stdout
+
+
+def depends_of(package: str) -> str:
+    """The package a metapackage stands for (`linux-image-amd64` -> `linux-image-6.1.0-N-amd64`)."""
+    for line in _apt("apt-cache", "depends", package).splitlines():
+        line = line.strip()
+        if line.startswith("Depends:"):
+            return line.split(":", 1)[1].strip()
+    raise PackageError(f"{package} has no dependency to follow")
+
+
+def fetch(package: str) -> Path:
+    """The .deb of `package` in the cache, downloaded first if needed (checksum verified)."""
+    found = None
+    for line in _apt("apt-get", "download", "--print-uris", package).splitlines():
+        found = _URI_LINE.match(line)
+        if found:
+            break
+    if found is None:
+        raise PackageError(f"apt does not know where to download {package} from")
+    target = cache_dir("debs") / found["file"]
+    if target.exists() and _sha256(target) == found["sha"]:
+        return target
+    _download(found["url"], target, int(found["size"]), found["sha"], package)
+    return target
+
+
+def _download(url: str, target: Path, size: int, sha256: str, label: str) -> None:
+    from tqdm import tqdm  # only when something is downloaded
+
+    digest = hashlib.sha256()
+    fd, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
+    try:
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(url, timeout=60) as response,
+            tqdm(total=size, unit="B", unit_scale=True, desc=label, file=sys.stderr) as bar,
+        ):
+            while chunk := response.read(1 << 16):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        if digest.hexdigest() != sha256:
+            raise PackageError(f"{label}: the download's SHA256 differs from apt's; not used")
+        os.replace(partial, target)
+    except OSError as exc:
+        raise PackageError(f"cannot download {label} from {url}: {exc}") from exc
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def unpack(deb: Path) -> Path:
+    """The files of `deb`, unpacked once into the cache (`dpkg-deb -x`)."""
+    target = cache_dir("unpacked") / deb.stem
+    if (target / ".complete").exists():
+        return target
+    if shutil.which("dpkg-deb") is None:
+        raise PackageError("`dpkg-deb` is not available (install the dpkg package)")
+    shutil.rmtree(target, ignore_errors=True)
+    result = subprocess.run(
+        ["dpkg-deb", "-x", str(deb), str(target)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise PackageError(f"cannot unpack {deb.name}: {result.stderr.strip()}")
+    (target / ".complete").touch()
+    return target

@@ -1,0 +1,160 @@
+"""`vmrun emulated-host -- CMD`: statuses, streaming, files, timeouts, Ctrl-C, its own failures.
+
+Each test boots a real emulated host (QEMU TCG, about 6 s here). Where QEMU is missing they
+skip, except under CI, where the harness must be testable and a skip is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.emulated.host import QEMU, qemu_missing
+
+VMRUN = [sys.executable, "-m", "runner", "emulated-host"]
+
+
+@pytest.fixture(autouse=True)
+def qemu_present() -> None:
+    reason = qemu_missing()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test the emulated host: {reason}")
+        pytest.skip(reason)
+
+
+def host_processes() -> list[str]:
+    """Command lines of the emulated hosts' QEMU processes now running."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if cmdline.startswith(QEMU) and "vmrun-host-" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def run(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VMRUN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("status", [0, 1, 42])
+def test_exit_status_comes_back(tmp_path: Path, status: int) -> None:
+    result = run(["--", "sh", "-c", f"exit {status}"], tmp_path)
+    assert result.returncode == status, result.stderr
+    assert result.stderr == ""
+
+
+def test_command_not_found_is_127(tmp_path: Path) -> None:
+    result = run(["--", "no-such-command-here"], tmp_path)
+    assert result.returncode == 127
+    assert "no-such-command-here" in result.stderr
+
+
+def test_output_streams_in_order_and_as_it_comes(tmp_path: Path) -> None:
+    script = "for i in $(seq 1 300); do echo out $i; done; echo err 1 >&2; sleep 4; echo last"
+    proc = subprocess.Popen(
+        [*VMRUN, "--", "sh", "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    lines, arrival = [], []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        arrival.append(time.monotonic())
+    assert proc.wait(timeout=120) == 0
+    assert lines == [f"out {i}" for i in range(1, 301)] + ["last"]
+    # The first lines came while the command still ran (4 s of sleep before its last line).
+    assert arrival[-1] - arrival[0] > 2.5
+
+
+def test_stdout_and_stderr_stay_apart(tmp_path: Path) -> None:
+    result = run(["--", "sh", "-c", "echo to-out; echo to-err >&2"], tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "to-out\n", "to-err\n")
+
+
+def test_runs_in_the_current_directory_and_files_stay(tmp_path: Path) -> None:
+    (tmp_path / "input.txt").write_text("from the host\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    script = (
+        'pwd; cat input.txt; echo made > made.txt; echo also > "$1/also.txt"; '
+        'echo scratch > "$TMPDIR/t" && cat "$TMPDIR/t"; '
+        "touch /etc/vmrun-must-not-exist 2>/dev/null || echo read-only"
+    )
+    result = run(["--writable", str(other), "--", "sh", "-c", script, "sh", str(other)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(tmp_path), "from the host", "scratch", "read-only"]
+    assert (tmp_path / "made.txt").read_text() == "made\n"
+    assert (other / "also.txt").read_text() == "also\n"
+    assert not Path("/etc/vmrun-must-not-exist").exists()
+
+
+def test_environment_passes_through(tmp_path: Path) -> None:
+    env = {**os.environ, "VMRUN_TEST_VALUE": "it's a 'quoted' value $HOME"}
+    result = subprocess.run(
+        [*VMRUN, "--", "sh", "-c", 'printf "%s|%s" "$VMRUN_TEST_VALUE" "$VMRUN_IN_EMULATED_HOST"'],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.stdout == "it's a 'quoted' value $HOME|1"
+
+
+def test_kvm_is_real_inside(tmp_path: Path) -> None:
+    result = run(
+        ["--", sys.executable, "-c", "from runner.host_kvm import kvm_status as k; print(k())"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usable=True" in result.stdout
+
+
+def test_timeout_kills_the_host_and_names_the_command(tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = run(["--timeout", "15", "--", "sleep", "600"], tmp_path)
+    assert result.returncode == 124
+    assert time.monotonic() - start < 60
+    assert "timed out after 15 s: `sleep 600` was still running" in result.stderr
+    assert host_processes() == []
+
+
+def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [*VMRUN, "--", "sh", "-c", "echo started; sleep 600"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "started\n"
+    assert host_processes() != []
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 130
+    assert host_processes() == []
+
+
+def test_missing_qemu_is_the_harness_failing(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("apt-get", "apt-cache", "dpkg-deb"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    env = {**os.environ, "PATH": str(bin_dir)}
+    result = subprocess.run(
+        [*VMRUN, "--", "true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 125
+    assert result.stderr == (
+        "vmrun emulated-host: qemu-system-x86_64 is not installed: "
+        "install Debian's qemu-system-x86\n"
+    )
+
+
+def test_missing_writable_directory_is_the_harness_failing(tmp_path: Path) -> None:
+    result = run(["--writable", str(tmp_path / "absent"), "--", "true"], tmp_path)
+    assert result.returncode == 125
+    assert f"writable directory {tmp_path / 'absent'} does not exist" in result.stderr
