@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+from runner.cache import cache_dir
 from runner.emulated.host import HARNESS_FAILURE, INSIDE_ENV, TIMED_OUT, qemu_missing
+from runner.guest import debian
+from runner.guest.debian import PackageError
+from runner.guest.kernel import default_kernel
 from runner.host_kvm import kvm_status
 
 WriteVm = Callable[..., str]
@@ -32,13 +39,15 @@ def write_vm(tmp_path: Path) -> WriteVm:
 
 # --- boot tests ------------------------------------------------------------------------------
 # Tests marked `boot` boot a guest and need a /dev/kvm that can boot Linux. Where this host
-# has none, they are taken out of this session and run together in ONE emulated host
-# (`vmrun emulated-host -- python -m pytest NODEIDS`), whose result joins this session's.
-# If they cannot run at all, the session says so loudly, and fails under CI.
+# has none, this session first runs all of them together in ONE emulated host
+# (`vmrun emulated-host -- python -m pytest NODEIDS`, its output streaming here), and each
+# boot test here then replays its own outcome from there: passes, failures with the inner
+# traceback, and skips count in this session's summary. If they cannot run at all, each
+# says why: a skip locally, a failure under CI (CI must run them).
 
 BOOT_TIMEOUT_S = float(os.environ.get("VMRUN_BOOT_TESTS_TIMEOUT", "2400"))
-_delegated = pytest.StashKey[list[str]]()
-_outcome = pytest.StashKey[str]()
+REPORT_ENV = "VMRUN_BOOT_TEST_REPORT"  # where the inner session records its outcomes
+_delegated = pytest.StashKey[list[pytest.Item]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -49,56 +58,89 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     boot = [item for item in items if item.get_closest_marker("boot")]
-    if not boot or os.environ.get(INSIDE_ENV) or kvm_status().usable:
-        return
-    config.stash[_delegated] = [item.nodeid for item in boot]
-    items[:] = [item for item in items if not item.get_closest_marker("boot")]
-    config.hook.pytest_deselected(items=boot)
+    if boot and not os.environ.get(INSIDE_ENV) and not kvm_status().usable:
+        config.stash[_delegated] = boot
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtestloop(session: pytest.Session) -> object:
-    result = yield
-    nodeids = session.config.stash.get(_delegated, [])
-    if nodeids and not session.shouldfail and not session.shouldstop:
-        _run_boot_tests_in_emulated_host(session, nodeids)
-    return result
+    boot = session.config.stash.get(_delegated, [])
+    if boot and not session.config.option.collectonly:
+        recorded, problem = _run_in_emulated_host(session.config, [i.nodeid for i in boot])
+        for item in boot:
+            phases = recorded.get(item.nodeid, [])
+            item.runtest = functools.partial(_replay, phases, problem)  # type: ignore[method-assign]
+    return (yield)
 
 
-def _run_boot_tests_in_emulated_host(session: pytest.Session, nodeids: list[str]) -> None:
-    config = session.config
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # In the inner session: record each phase's outcome for the outer one to replay.
+    path = os.environ.get(REPORT_ENV)
+    if path:
+        record = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome}
+        skip = report.longrepr if report.skipped else None
+        record["text"] = skip[2] if isinstance(skip, tuple) else report.longreprtext
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class NotRun(NamedTuple):
+    reason: str
+    skippable: bool  # the harness could not start here: a skip, but never under CI
+
+
+def _run_in_emulated_host(
+    config: pytest.Config, nodeids: list[str]
+) -> tuple[dict[str, list[dict[str, str]]], NotRun]:
+    """Run the boot tests in one emulated host: their recorded phases, and why a test
+    without any did not run."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    reason = qemu_missing()
-    if reason:
-        outcome = f"{len(nodeids)} BOOT TESTS NOT RUN: {reason}"
-        reporter.write_sep("!", outcome, red=True, bold=True)
-        config.stash[_outcome] = outcome
-        if os.environ.get("CI"):
-            session.testsfailed += 1
-        return
+    why_not = qemu_missing()
+    if why_not is None:
+        try:
+            # The emulated host has no network: download here what boot tests build guests from.
+            default_kernel()
+            debian.fetch("busybox-static")
+        except PackageError as exc:
+            why_not = f"cannot provision what boot tests need: {exc}"
+    if why_not:
+        reporter.write_sep("!", f"{len(nodeids)} BOOT TESTS CANNOT RUN: {why_not}", red=True)
+        return {}, NotRun(why_not, skippable=True)
     reporter.write_sep(
-        "=", f"{len(nodeids)} boot tests in the emulated host ({kvm_status().reason})"
+        "=", f"{len(nodeids)} boot tests in one emulated host ({kvm_status().reason})"
     )
-    inner = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", *nodeids]
+    report = cache_dir("boot-tests") / f"{os.getpid()}.jsonl"
+    report.unlink(missing_ok=True)
     host = [sys.executable, "-m", "runner", "emulated-host", "--timeout", str(BOOT_TIMEOUT_S)]
+    inner = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-ra", *nodeids]
     capture = config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():
-        status = subprocess.run([*host, "--", *inner], cwd=config.rootpath).returncode
-    if status == 0:
-        config.stash[_outcome] = f"{len(nodeids)} boot tests passed in the emulated host"
-        return
-    session.testsfailed += 1
+        status = subprocess.run(
+            [*host, "--", *inner], cwd=config.rootpath, env={**os.environ, REPORT_ENV: str(report)}
+        ).returncode
+    reporter.write_sep("=", f"end of the emulated host's session (status {status})")
+    recorded: dict[str, list[dict[str, str]]] = {}
+    if report.exists():
+        for line in report.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            recorded.setdefault(record["nodeid"], []).append(record)
+        report.unlink()
+    reason = f"the emulated host's session ended with status {status} before this test ran"
     if status in (TIMED_OUT, HARNESS_FAILURE):
-        outcome = f"BOOT TESTS NOT RUN: the emulated host failed (status {status}), see above"
-    else:
-        outcome = f"boot tests FAILED in the emulated host (pytest status {status}), see above"
-    reporter.write_sep("!", outcome, red=True, bold=True)
-    config.stash[_outcome] = outcome
+        reason = f"the emulated host failed (status {status}, see its message above)"
+    return recorded, NotRun(reason, skippable=False)
 
 
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, config: pytest.Config
-) -> None:
-    outcome = config.stash.get(_outcome, None)
-    if outcome:
-        terminalreporter.write_line(outcome, bold=True)
+def _replay(phases: list[dict[str, str]], problem: NotRun) -> None:
+    if not phases:
+        if problem.skippable and not os.environ.get("CI"):
+            pytest.skip(f"boot test not run: {problem.reason}")
+        pytest.fail(f"boot test not run: {problem.reason}", pytrace=False)
+    for phase in phases:
+        if phase["outcome"] == "failed":
+            pytest.fail(f"in the emulated host ({phase['when']}):\n{phase['text']}", pytrace=False)
+    for phase in phases:
+        if phase["outcome"] == "skipped":
+            if os.environ.get("CI"):
+                pytest.fail(f"skipped in the emulated host, under CI: {phase['text']}")
+            pytest.skip(f"in the emulated host: {phase['text']}")
