@@ -11,8 +11,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from runner.exit_status import ExitStatus
+
+if TYPE_CHECKING:
+    from runner.config.load import VmFile
 
 COMMANDS = ("validate", "schema", "show", "run", "emulated-host")
 
@@ -42,8 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file", metavar="FILE")
     run.add_argument(
         "--host", choices=("auto", "kvm", "emulated"), default="auto",
-        help="where to run: /dev/kvm, an emulated KVM host, or auto (default)",
+        help="where to run: /dev/kvm, an emulated KVM host, or auto (default): /dev/kvm "
+        "where it can boot Linux, else the emulated host",
     )  # fmt: skip
+    run.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                     help="with the emulated host: stop everything after this long")  # fmt: skip
     host = sub.add_parser(
         "emulated-host",
         help="run one command inside an emulated KVM host (QEMU TCG with SVM)",
@@ -101,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "emulated-host":
             settings = (args.cpus, args.memory, args.timeout, tuple(args.writable))
             return emulated_host(workload or [], *settings)
-        return run(args.file, args.host, workload)
+        return run(args.file, args.host, workload, args.timeout)
     except KeyboardInterrupt:
         return 128 + 2
     except BrokenPipeError:
@@ -168,9 +175,10 @@ def show(file: str, fmt: str) -> int:
     return ExitStatus.OK
 
 
-def run(file: str, host: str, workload: list[str] | None) -> int:
+def run(file: str, host: str, workload: list[str] | None, timeout_s: float) -> int:
     from runner.config.load import load
     from runner.config.problems import ConfigError
+    from runner.host_kvm import HostChoiceError, choose_host, kvm_status
     from runner.unsupported import unsupported_features
 
     try:
@@ -184,12 +192,36 @@ def run(file: str, host: str, workload: list[str] | None) -> int:
     if workload is None and vm.resources.workload is None:
         print(f"vmrun: {file} has no [workload]; give one after `--`", file=sys.stderr)
         return ExitStatus.VMM_FAILURE
+    status = kvm_status()
+    try:
+        where = choose_host(host, status)
+    except HostChoiceError as exc:
+        print(f"vmrun: {exc}", file=sys.stderr)
+        return ExitStatus.VMM_FAILURE
+    if where == "emulated":
+        if host == "auto":
+            print(f"vmrun: {status.reason}; running in the emulated KVM host", file=sys.stderr)
+        return _run_emulated(vm, workload, timeout_s)
     print(
-        f"vmrun: {file} is valid, but booting a VM is not built yet (host: {host}); "
-        "nothing was run",
+        f"vmrun: {file} is valid, but booting a VM is not built yet; nothing was run",
         file=sys.stderr,
     )
     return ExitStatus.VMM_FAILURE
+
+
+def _run_emulated(vm: VmFile, workload: list[str] | None, timeout_s: float) -> int:
+    from runner.emulated.delegate import run_in_emulated_host
+    from runner.emulated.host import HarnessError
+    from runner.guest.debian import PackageError
+
+    try:
+        outcome = run_in_emulated_host(vm, workload, timeout_s)
+    except (PackageError, HarnessError) as exc:
+        print(f"vmrun: the emulated host: {exc}", file=sys.stderr)
+        return ExitStatus.VMM_FAILURE
+    if outcome.message:
+        print(f"vmrun: the emulated host: {outcome.message}", file=sys.stderr)
+    return outcome.status
 
 
 def emulated_host(

@@ -49,3 +49,16 @@ def _cpu_flags(cpuinfo: Path) -> set[str]:
         if key.strip() == "flags":
             return set(value.split())
     return set()
+
+
+class HostChoiceError(Exception):
+    """`--host kvm` on a host whose KVM cannot boot Linux."""
+
+
+def choose_host(requested: str, status: KvmStatus) -> str:
+    """`kvm` or `emulated` for `vmrun run --host auto|kvm|emulated`."""
+    if requested == "kvm" and not status.usable:
+        raise HostChoiceError(f"--host kvm: {status.reason}; use --host emulated (or auto)")
+    if requested == "auto":
+        return "kvm" if status.usable else "emulated"
+    return requested

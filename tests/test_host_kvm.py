@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.host_kvm import kvm_status
+from runner.host_kvm import HostChoiceError, KvmStatus, choose_host, kvm_status
 
 
 def host(tmp_path: Path, *, kvm: bool = True, pvm: bool = False, flags: str = "fpu sse2") -> str:
@@ -55,3 +55,30 @@ def test_no_virtualization_flags(tmp_path: Path) -> None:
 def test_flag_names_are_whole_words(tmp_path: Path) -> None:
     # "svm_lock" or "vmx_ept" alone is not svm/vmx.
     assert not kvm_status(host(tmp_path, flags="svm_lock vmx_ept")).usable
+
+
+USABLE = KvmStatus(True, "/dev/kvm with svm")
+PVM = KvmStatus(False, "/dev/kvm is PVM (kvm_pvm), which cannot boot a standard Linux kernel")
+
+
+@pytest.mark.parametrize(
+    ("requested", "status", "chosen"),
+    [
+        ("auto", USABLE, "kvm"),
+        ("auto", PVM, "emulated"),
+        ("kvm", USABLE, "kvm"),
+        ("emulated", USABLE, "emulated"),
+        ("emulated", PVM, "emulated"),
+    ],
+)
+def test_choose_host(requested: str, status: KvmStatus, chosen: str) -> None:
+    assert choose_host(requested, status) == chosen
+
+
+def test_kvm_requested_where_unusable() -> None:
+    with pytest.raises(HostChoiceError) as info:
+        choose_host("kvm", PVM)
+    assert str(info.value) == (
+        "--host kvm: /dev/kvm is PVM (kvm_pvm), which cannot boot a standard Linux kernel; "
+        "use --host emulated (or auto)"
+    )

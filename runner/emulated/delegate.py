@@ -1,0 +1,53 @@
+"""`vmrun run --host emulated`: the same `vmrun run` inside the emulated host, on its real KVM.
+
+The VM's console streams through and its exit status comes back unchanged. What the VM
+writes on the host (console files, sockets, writable disks and shares) must be writable
+inside the emulated host, so those directories are shared read-write.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from runner.config.fields import PathUse
+from runner.config.load import VmFile
+from runner.config.paths import host_paths
+from runner.emulated.host import Outcome, Settings, run_in_host
+from runner.emulated.image import provision
+
+# Memory of the emulated host beyond the guest's: its own kernel, vmrun and page tables.
+HOST_OVERHEAD_MIB = 1536
+MIN_HOST_MIB = 4096
+
+
+def writable_dirs(vm: VmFile) -> tuple[str, ...]:
+    """Host directories the VM writes to: where its output files and sockets go, and the
+    directories of its writable disks and shares."""
+    dirs: list[str] = []
+    for key_path, use, value in host_paths(vm.resources):
+        if use in (PathUse.PARENT, PathUse.STREAM_OUT):
+            dirs.append(os.path.dirname(value) or ".")
+        elif use is PathUse.DIR and not _read_only(vm, key_path):
+            dirs.append(value)
+        elif key_path[0] == "block" and not _read_only(vm, key_path):
+            dirs.append(os.path.dirname(value))
+    return tuple(dict.fromkeys(dirs))
+
+
+def _read_only(vm: VmFile, key_path: tuple[str | int, ...]) -> bool:
+    section, index = key_path[0], key_path[1]
+    device = getattr(vm.resources, str(section))[int(index)]
+    return bool(getattr(device, "read_only", False))
+
+
+def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: float) -> Outcome:
+    argv = [sys.executable, "-m", "runner", "run", "--host", "kvm", os.path.abspath(vm.path)]
+    if workload is not None:
+        argv += ["--", *workload]
+    memory = max(MIN_HOST_MIB, vm.resources.machine.mem_size_mib + HOST_OVERHEAD_MIB)
+    cpus = max(2, min(vm.resources.machine.vcpu_count, os.cpu_count() or 2))
+    settings = Settings(
+        cpus=cpus, memory_mib=memory, timeout_s=timeout_s, writable=writable_dirs(vm)
+    )
+    return run_in_host(provision(), argv, settings, sys.stdout.buffer, sys.stderr.buffer)
