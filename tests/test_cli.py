@@ -17,8 +17,9 @@ DEV = str(ROOT / "configs" / "dev.toml")
 
 
 def vmrun(*args: str) -> subprocess.CompletedProcess[str]:
+    # Generous: `run` boots the emulated host where /dev/kvm cannot boot Linux.
     result = subprocess.run(
-        [sys.executable, "-m", "runner", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "runner", *args], capture_output=True, text=True, timeout=600
     )
     assert "Traceback" not in result.stderr, result.stderr
     return result

@@ -30,17 +30,31 @@ def qemu_present() -> None:
         pytest.skip(reason)
 
 
-def host_processes() -> list[str]:
-    """Command lines of the emulated hosts' QEMU processes now running."""
+def qemu_children(parent: int) -> list[int]:
+    """The QEMU processes that `parent` started and that are still there (other sessions'
+    emulated hosts on the same machine are not ours to count)."""
     found = []
-    for pid in os.listdir("/proc"):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            status = Path(f"/proc/{pid}/status").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if cmdline.startswith(QEMU) and "vmrun-host-" in cmdline:
-            found.append(cmdline)
+        ppid = int(status.split("PPid:")[1].split()[0])
+        if ppid == parent and cmdline.startswith(QEMU.encode()):
+            found.append(int(pid))
     return found
+
+
+def gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def wait_for_qemu(proc: subprocess.Popen[str]) -> list[int]:
+    deadline = time.monotonic() + 60
+    while not (pids := qemu_children(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return pids
 
 
 def run(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -117,12 +131,18 @@ def test_kvm_is_real_inside(tmp_path: Path) -> None:
 
 
 def test_timeout_kills_the_host_and_names_the_command(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [*VMRUN, "--timeout", "15", "--", "sleep", "600"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     start = time.monotonic()
-    result = run(["--timeout", "15", "--", "sleep", "600"], tmp_path)
-    assert result.returncode == 124
-    assert time.monotonic() - start < 60
-    assert "timed out after 15 s: `sleep 600` was still running" in result.stderr
-    assert host_processes() == []
+    qemu = wait_for_qemu(proc)
+    assert qemu, "no QEMU started"
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 124
+    assert time.monotonic() - start < 120
+    assert "timed out after 15 s: `sleep 600` was still running" in stderr
+    assert all(gone(pid) for pid in qemu)
 
 
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -132,10 +152,29 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.stdout is not None
     assert proc.stdout.readline() == "started\n"
-    assert host_processes() != []
+    qemu = qemu_children(proc.pid)
+    assert qemu, "no QEMU running the command"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=10) == 130
-    assert host_processes() == []
+    assert all(gone(pid) for pid in qemu)
+
+
+def test_killing_vmrun_kills_qemu(tmp_path: Path) -> None:
+    # SIGKILL gives vmrun no chance to clean up: PR_SET_PDEATHSIG must end QEMU.
+    proc = subprocess.Popen(
+        [*VMRUN, "--", "sh", "-c", "echo started; sleep 600"],
+        cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "started\n"
+    qemu = qemu_children(proc.pid)
+    assert qemu, "no QEMU running the command"
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while not all(gone(pid) for pid in qemu) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(gone(pid) for pid in qemu)
 
 
 def test_missing_qemu_is_the_harness_failing(tmp_path: Path) -> None:
