@@ -43,8 +43,8 @@ class MachineConfig:
         "Present vCPUs as hyperthread pairs (then vcpu_count must be 1 or even).", False
     )
     cpu_template: CpuTemplate | None = setting(
-        "Mask CPUID to a Firecracker CPU template (T2: Intel Skylake-like, C3: Cascade Lake-like); "
-        "absent: the host's supported features.",
+        "Mask CPUID to a Firecracker CPU template (T2: Haswell-like, C3: Ivy Bridge-like; "
+        "Intel hosts); absent: the host's supported features.",
         None,
     )
     nested: bool = setting("Expose vmx/svm so the guest can run its own VMs.", False)

@@ -32,3 +32,52 @@ CMDLINE_MAX_BYTES = 2048
 # What Linux needs beyond its own image and the initramfs to reach init and run a small
 # workload (page tables, slab, the unpacked initramfs): below this, boots fail with OOM.
 GUEST_WORKING_SET = 48 * MIB
+
+# --- Below 1 MiB: where the boot structures go (the 64-bit Linux boot protocol) -------------
+# Addresses follow Firecracker's arch/x86_64/layout.rs and regs.rs, so a boot that works there
+# works here; all sit in the first 640 KiB, which is RAM in the e820 map, except the MP table.
+
+# The boot GDT (null, code, data, TSS: 4 x 8 bytes) at 0x500, just above the real-mode IVT
+# (0x0-0x3ff) and the BIOS data area (0x400-0x4ff; Linux reads its EBDA pointer at 0x40e, so
+# that area stays zero rather than holding boot structures).
+BOOT_GDT_START = 0x500
+# One empty 8-byte IDT right after the GDT: the kernel loads its own before enabling
+# interrupts, so the boot IDT only has to be a valid (limit 7) table.
+BOOT_IDT_START = 0x520
+
+# struct boot_params (the "zero page", 4 KiB); RSI points here at the 64-bit entry.
+ZERO_PAGE_START = 0x7000
+ZERO_PAGE_SIZE = 4 * KIB
+# The initial RSP/RBP: the top of the page between the zero page and the page tables, so the
+# few pushes of the early entry code land in RAM that nothing else uses.
+BOOT_STACK_POINTER = 0x8FF0
+
+# Identity page tables for the first 1 GiB (the 64-bit entry needs paging on; startup_64
+# only runs from the identity map until it builds its own): one 4 KiB page per level.
+PML4_START = 0x9000
+PDPTE_START = 0xA000
+PDE_START = 0xB000
+
+# The kernel command line (CMDLINE_MAX_BYTES with its NUL), well above the page tables and
+# below the EBDA; cmd_line_ptr points here.
+CMDLINE_START = 0x20000
+
+# The top of conventional memory (639 KiB): RAM in the e820 map ends here, as on a PC with a
+# 1 KiB Extended BIOS Data Area. Linux scans 0x9fc00-0xa0000 for the MP floating pointer.
+EBDA_START = 0x9FC00
+# The Intel MP table (floating pointer + configuration table) goes in the EBDA; the e820
+# map leaves 0x9fc00-1 MiB out, so the kernel never reuses it as RAM. With 254 vCPUs it is
+# 5.2 KiB, so it may run past 0xa0000: that is still backed guest memory (the first memory
+# slot starts at 0), and nothing else is placed between EBDA_START and HIMEM_START.
+MPTABLE_START = EBDA_START
+# Where RAM resumes above the legacy VGA/BIOS hole (0xa0000-0xfffff) in the e820 map.
+HIMEM_START = 1 * MIB
+
+# --- Above the RAM: fixed interrupt-controller windows inside the 32-bit MMIO gap -----------
+# The default I/O APIC and local APIC base addresses (Linux apicdef.h), which KVM's
+# in-kernel irqchip emulates and the MP table announces.
+IOAPIC_START = 0xFEC0_0000
+APIC_START = 0xFEE0_0000
+
+# 4 GiB: memory that does not fit below the MMIO gap continues here.
+FIRST_ADDR_PAST_32BITS = 4 * GIB
