@@ -1,0 +1,595 @@
+/* vmrun's guest init: PID 1 of the guest's initramfs.
+ *
+ * It mounts the basic file systems, brings up the loopback interface, reads /vmrun/config
+ * (format: config.h, README.md), loads the kernel modules named there, mounts the root (the
+ * initramfs itself, a virtio-fs share or a block device) and switches into it, sets the host
+ * name, runs the workload as a child with its env, workdir and rlimits, reaps every zombie while
+ * it waits, and reports the workload's exit status to the VMM through EXIT_PORT before powering
+ * off (ports: ports.h).
+ *
+ * Exit status, as libkrun: the workload's own (0..255); 128+N when a signal N killed it;
+ * 127 when its program is not found (execve: ENOENT, ENOTDIR); 126 when it cannot be run
+ * (any other execve error); 125 when the init fails before the workload runs (unreadable or
+ * malformed config, root mount or switch failure, fork failure, rlimit or workdir failure).
+ *
+ * Test mode (VMRUN_INIT_TEST=1 in the environment): `init CONFIG` skips everything that needs
+ * a guest (mounts, module loading, root, host name, ports, power-off), reads CONFIG, says on
+ * stderr which modules it would load with which parameters (from $VMRUN_INIT_TEST_CMDLINE
+ * instead of /proc/cmdline), runs the workload the same way (env, workdir and rlimits applied),
+ * prints `exit-status N` on stdout and exits 0.
+ * Without test mode the init refuses to run unless it is PID 1, so that running it on a host by
+ * mistake never mounts anything nor powers the host off.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <sys/io.h>
+#define HAVE_PORTS 1
+#else
+#define HAVE_PORTS 0
+#endif
+
+#include "config.h"
+#include "modparams.h"
+#include "ports.h"
+
+#define CONFIG_PATH "/vmrun/config"
+#define NEWROOT "/newroot"
+#define TEST_ENV "VMRUN_INIT_TEST"
+#define TEST_CMDLINE_ENV "VMRUN_INIT_TEST_CMDLINE" /* test mode: the command line */
+#define ROOT_WAIT_MS 2000      /* how long a root device may take to appear */
+#define LEFTOVER_WAIT_MS 1000  /* how long killed leftover processes may take to die */
+
+#define EXIT_INIT_FAILED 125
+#define EXIT_NOT_EXECUTABLE 126
+#define EXIT_NOT_FOUND 127
+
+#ifndef MODULE_INIT_COMPRESSED_FILE
+#define MODULE_INIT_COMPRESSED_FILE 4 /* linux/module.h, Linux 6.4+: the kernel decompresses */
+#endif
+
+static bool test_mode;
+static bool ports_ok;
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A message on stderr (the console in the guest), prefixed so it is told from the workload's. */
+static void say(const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    int n = snprintf(buf, sizeof buf, "vmrun-init: ");
+    va_start(ap, fmt);
+    vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    size_t len = strlen(buf);
+    buf[len++] = '\n';
+    while (write(STDERR_FILENO, buf, len) < 0 && errno == EINTR)
+        ;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* --- ports ------------------------------------------------------------------------------- */
+
+static void ports_open(void)
+{
+#if HAVE_PORTS
+    ports_ok = ioperm(DEBUG_PORT, 1, 1) == 0 && ioperm(EXIT_PORT, EXIT_PORT_WIDTH, 1) == 0;
+    if (!ports_ok)
+        say("ioperm: %s (the exit status cannot reach the VMM)", strerror(errno));
+#endif
+}
+
+/* In the workload's process, before execve: only the init talks to the VMM. */
+static void ports_close(void)
+{
+#if HAVE_PORTS
+    if (ports_ok) {
+        ioperm(DEBUG_PORT, 1, 0);
+        ioperm(EXIT_PORT, EXIT_PORT_WIDTH, 0);
+    }
+#endif
+}
+
+static void milestone(enum milestone m)
+{
+#if HAVE_PORTS
+    if (ports_ok)
+        outb((unsigned char)m, DEBUG_PORT);
+#else
+    (void)m;
+#endif
+}
+
+static void report_exit(int status)
+{
+    if (test_mode) {
+        dprintf(STDOUT_FILENO, "exit-status %d\n", status);
+        return;
+    }
+#if HAVE_PORTS
+    if (ports_ok) {
+        outl(EXIT_MAGIC | ((unsigned)status & 0xffu), EXIT_PORT);
+        return;
+    }
+#endif
+    say("exit status %d (no exit port to report it on)", status);
+}
+
+/* --- the basics ---------------------------------------------------------------------------- */
+
+static const struct basic_mount {
+    const char *source, *target, *type;
+    unsigned long flags;
+    const char *data;
+} basic_mounts[] = {
+    {"proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL},
+    {"sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL},
+    {"devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"},
+    {"tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"},
+    {"tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"},
+    {"devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "mode=0620,ptmxmode=0666"},
+    {"tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"},
+};
+
+#define N_BASIC_MOUNTS (sizeof basic_mounts / sizeof basic_mounts[0])
+static bool basic_mounted[N_BASIC_MOUNTS]; /* what switch_root carries into the root */
+
+static void make_dir(const char *path)
+{
+    if (mkdir(path, 0755) < 0 && errno != EEXIST)
+        say("mkdir %s: %s", path, strerror(errno));
+}
+
+/* A failed basic mount is reported, not fatal: the workload may not need it, and a root that
+ * does (a block device needs /dev) fails on its own, with its own message. */
+static void mount_basics(void)
+{
+    for (size_t i = 0; i < N_BASIC_MOUNTS; i++) {
+        const struct basic_mount *m = &basic_mounts[i];
+        make_dir(m->target);
+        basic_mounted[i] = mount(m->source, m->target, m->type, m->flags, m->data) == 0;
+        if (!basic_mounted[i])
+            say("mount %s on %s: %s", m->type, m->target, strerror(errno));
+    }
+}
+
+/* The kernel opens /dev/console for the init only when the initramfs has that node; else
+ * fds 0..2 are closed until devtmpfs is mounted. Open the console for those that are. */
+static void ensure_console(void)
+{
+    bool closed[3];
+    bool any = false;
+    for (int fd = 0; fd < 3; fd++)
+        any |= closed[fd] = fcntl(fd, F_GETFD) < 0;
+    if (!any)
+        return;
+    int console = open("/dev/console", O_RDWR | O_NOCTTY);
+    if (console < 0)
+        return; /* nothing to say it on */
+    for (int fd = 0; fd < 3; fd++)
+        if (closed[fd] && fd != console)
+            dup2(console, fd);
+    if (console > 2)
+        close(console);
+}
+
+/* Brings the loopback interface up (the kernel then gives it 127.0.0.1/8 and ::1). */
+static void loopback_up(void)
+{
+    struct ifreq ifr = {0};
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    strcpy(ifr.ifr_name, "lo");
+    if (fd < 0 || ioctl(fd, SIOCGIFFLAGS, &ifr) < 0 ||
+        (ifr.ifr_flags |= IFF_UP, ioctl(fd, SIOCSIFFLAGS, &ifr) < 0))
+        say("loopback: %s", strerror(errno));
+    if (fd >= 0)
+        close(fd);
+}
+
+static bool has_suffix(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* The kernel's command line (in test mode: $VMRUN_INIT_TEST_CMDLINE), for module parameters. */
+static void read_cmdline(char *buf, size_t size)
+{
+    buf[0] = '\0';
+    if (test_mode) {
+        const char *given = getenv(TEST_CMDLINE_ENV);
+        snprintf(buf, size, "%s", given ? given : "");
+        return;
+    }
+    int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, buf, size - 1);
+    buf[n > 0 ? n : 0] = '\0';
+    close(fd);
+}
+
+/* Each module in order, with its parameters from the command line; a failure is reported and
+ * the next is tried (a later mount or the workload says what was missing). EEXIST: built in
+ * or already loaded, which is fine. Test mode only says what it would load. */
+static void load_modules(const struct config *cfg)
+{
+    char cmdline[4096], name[256], params[4096];
+    if (cfg->n_modules)
+        read_cmdline(cmdline, sizeof cmdline);
+    for (size_t i = 0; i < cfg->n_modules; i++) {
+        const char *path = cfg->modules[i];
+        if (module_name(path, name, sizeof name) < 0 ||
+            module_params(cmdline, name, params, sizeof params) < 0) {
+            say("module %s: its name or command-line parameters are too long", path);
+            params[0] = '\0';
+        }
+        if (test_mode) {
+            say("module %s: not loaded in test mode (parameters '%s')", path, params);
+            continue;
+        }
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            say("module %s: %s", path, strerror(errno));
+            continue;
+        }
+        bool packed = has_suffix(path, ".xz") || has_suffix(path, ".zst") ||
+                      has_suffix(path, ".gz");
+        int flags = packed ? MODULE_INIT_COMPRESSED_FILE : 0;
+        if (syscall(SYS_finit_module, fd, params, flags) < 0 && errno != EEXIST)
+            say("module %s: finit_module: %s%s", path, strerror(errno),
+                errno == ENOENT ? " (a symbol it needs is missing: are the modules it depends "
+                                  "on listed before it?)" : "");
+        close(fd);
+    }
+}
+
+/* --- the root ------------------------------------------------------------------------------ */
+
+static const struct mount_flag {
+    const char *name;
+    unsigned long set, clear;
+} mount_flags[] = {
+    {"defaults", 0, 0},         {"ro", MS_RDONLY, 0},       {"rw", 0, MS_RDONLY},
+    {"nosuid", MS_NOSUID, 0},   {"suid", 0, MS_NOSUID},     {"nodev", MS_NODEV, 0},
+    {"dev", 0, MS_NODEV},       {"noexec", MS_NOEXEC, 0},   {"exec", 0, MS_NOEXEC},
+    {"sync", MS_SYNCHRONOUS, 0}, {"async", 0, MS_SYNCHRONOUS}, {"dirsync", MS_DIRSYNC, 0},
+    {"noatime", MS_NOATIME, 0}, {"atime", 0, MS_NOATIME},   {"nodiratime", MS_NODIRATIME, 0},
+    {"diratime", 0, MS_NODIRATIME}, {"relatime", MS_RELATIME, 0},
+    {"norelatime", 0, MS_RELATIME}, {"strictatime", MS_STRICTATIME, 0},
+    {"lazytime", MS_LAZYTIME, 0},   {"nolazytime", 0, MS_LAZYTIME},
+};
+
+/* Splits mount(8)-style options into mount(2) flags and the file system's own options. */
+static int split_options(const char *options, unsigned long *flags, char *data, size_t size)
+{
+    char copy[4096];
+    if (strlen(options) >= sizeof copy || size < sizeof copy)
+        return -1;
+    strcpy(copy, options);
+    *flags = 0;
+    data[0] = '\0';
+    char *save = NULL;
+    for (char *opt = strtok_r(copy, ",", &save); opt; opt = strtok_r(NULL, ",", &save)) {
+        bool known = false;
+        for (size_t i = 0; i < sizeof mount_flags / sizeof mount_flags[0]; i++)
+            if (strcmp(opt, mount_flags[i].name) == 0) {
+                *flags = (*flags & ~mount_flags[i].clear) | mount_flags[i].set;
+                known = true;
+            }
+        if (!known) {
+            if (data[0])
+                strcat(data, ",");
+            strcat(data, opt);
+        }
+    }
+    return 0;
+}
+
+/* Mounts the configured root on NEWROOT. A device node that is not there yet (ENOENT, ENXIO:
+ * its driver may still be probing) is waited for, up to ROOT_WAIT_MS; any other error, such as
+ * an unknown file system type (ENODEV) or virtio-fs tag (EINVAL), fails at once. */
+static int mount_root(const struct config *cfg)
+{
+    const char *source = cfg->root == ROOT_FS ? cfg->root_tag : cfg->root_device;
+    const char *type = cfg->root == ROOT_FS ? "virtiofs" : cfg->root_fstype;
+    unsigned long flags;
+    char data[4096];
+    if (split_options(cfg->root_options, &flags, data, sizeof data) < 0) {
+        say("root-options too long");
+        return -1;
+    }
+    make_dir(NEWROOT);
+    for (int waited = 0;; waited += 10) {
+        if (mount(source, NEWROOT, type, flags, data[0] ? data : NULL) == 0)
+            return 0;
+        int err = errno;
+        if ((err != ENOENT && err != ENXIO) || waited >= ROOT_WAIT_MS) {
+            say("mount %s %s on " NEWROOT " (options '%s'): %s", type, source,
+                cfg->root_options, strerror(err));
+            return -1;
+        }
+        sleep_ms(10);
+    }
+}
+
+/* Whether `path` is `dir` or below it. */
+static bool is_under(const char *path, const char *dir)
+{
+    size_t n = strlen(dir);
+    return strncmp(path, dir, n) == 0 && (path[n] == '/' || path[n] == '\0');
+}
+
+/* mkdir -p for the few levels of a basic mount point under NEWROOT. */
+static int make_dirs(char *path)
+{
+    for (char *slash = strchr(path + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+        *slash = '\0';
+        int rc = mkdir(path, 0755);
+        *slash = '/';
+        if (rc < 0 && errno != EEXIST)
+            return -1;
+    }
+    return mkdir(path, 0755) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* Moves each basic mount that was made to the same place under NEWROOT; one under a moved
+ * mount goes with it (/dev/pts with /dev), one whose parent was not mounted goes alone. */
+static void move_basic_mounts(void)
+{
+    bool moved[N_BASIC_MOUNTS] = {false};
+    char target[PATH_MAX];
+    for (size_t i = 0; i < N_BASIC_MOUNTS; i++) {
+        const char *path = basic_mounts[i].target;
+        bool carried = false;
+        for (size_t j = 0; j < i; j++)
+            carried |= moved[j] && is_under(path, basic_mounts[j].target);
+        if (!basic_mounted[i] || carried)
+            continue;
+        snprintf(target, sizeof target, NEWROOT "%s", path);
+        if (make_dirs(target) < 0 || mount(path, target, NULL, MS_MOVE, NULL) < 0) {
+            say("move %s to %s: %s; the root has no %s", path, target, strerror(errno), path);
+            umount2(path, MNT_DETACH);
+            continue;
+        }
+        moved[i] = true;
+    }
+}
+
+/* switch_root: the basic mounts move under NEWROOT, then NEWROOT becomes `/`. The initramfs's
+ * files are left in memory (not deleted as busybox switch_root does): they are small. */
+static int switch_root(void)
+{
+    move_basic_mounts();
+    if (chdir(NEWROOT) < 0 || mount(NEWROOT, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
+        chdir("/") < 0) {
+        say("switch to the root at " NEWROOT ": %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int setup_root(const struct config *cfg)
+{
+    if (cfg->root == ROOT_INITRAMFS)
+        return 0;
+    if (mount_root(cfg) < 0)
+        return -1;
+    return switch_root();
+}
+
+/* --- the workload --------------------------------------------------------------------------- */
+
+static const char *env_value(const struct config *cfg, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < cfg->n_env; i++)
+        if (strncmp(cfg->env[i], name, n) == 0 && cfg->env[i][n] == '=')
+            return cfg->env[i] + n + 1;
+    return NULL;
+}
+
+/* execve of `name` along the workload's PATH, as execvp does (an empty entry is the workdir):
+ * not-found errors go on to the next entry, EACCES is remembered, any other error stops.
+ * Returns only on failure, with errno set. */
+static void exec_along_path(const struct config *cfg, char *const env[])
+{
+    const char *name = cfg->argv[0];
+    const char *path = env_value(cfg, "PATH"); /* config_parse adds a default PATH */
+    if (!path)
+        path = DEFAULT_PATH + strlen("PATH=");
+    bool denied = false;
+    char file[PATH_MAX];
+    for (const char *dir = path;; dir++) {
+        const char *end = strchrnul(dir, ':');
+        size_t len = (size_t)(end - dir);
+        int n = len ? snprintf(file, sizeof file, "%.*s/%s", (int)len, dir, name)
+                    : snprintf(file, sizeof file, "%s", name);
+        if (n >= 0 && (size_t)n < sizeof file) {
+            execve(file, (char *const *)cfg->argv, env);
+            if (errno == EACCES)
+                denied = true;
+            else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE && errno != ENODEV &&
+                     errno != ETIMEDOUT)
+                return;
+        }
+        if (!*end)
+            break;
+        dir = end;
+    }
+    errno = denied ? EACCES : ENOENT;
+}
+
+/* The child: rlimits, workdir, then the program. Never returns. */
+static void exec_workload(const struct config *cfg)
+{
+    ports_close();
+    if (!test_mode) {
+        /* its own session, with the console as controlling terminal (job control, ^C) */
+        setsid();
+        ioctl(STDIN_FILENO, TIOCSCTTY, 0);
+    }
+    for (size_t i = 0; i < cfg->n_rlimits; i++)
+        if (setrlimit(cfg->rlimits[i].resource, &cfg->rlimits[i].limit) < 0) {
+            say("rlimit %s: %s", cfg->rlimits[i].name, strerror(errno));
+            _exit(EXIT_INIT_FAILED);
+        }
+    if (chdir(cfg->workdir) < 0) {
+        say("workdir %s: %s", cfg->workdir, strerror(errno));
+        _exit(EXIT_INIT_FAILED);
+    }
+    char *const *env = (char *const *)cfg->env;
+    const char *program = cfg->argv[0];
+    if (strchr(program, '/'))
+        execve(program, (char *const *)cfg->argv, env);
+    else
+        exec_along_path(cfg, env);
+    int err = errno;
+    bool not_found = err == ENOENT || err == ENOTDIR;
+    if (err == ENOENT && strchr(program, '/') && access(program, F_OK) == 0)
+        say("cannot run %s: its interpreter (#! line or ELF PT_INTERP) is missing", program);
+    else
+        say("cannot run %s: %s", program, strerror(err));
+    _exit(not_found ? EXIT_NOT_FOUND : EXIT_NOT_EXECUTABLE);
+}
+
+static int decode_status(int wstatus)
+{
+    if (WIFEXITED(wstatus))
+        return WEXITSTATUS(wstatus);
+    if (WIFSIGNALED(wstatus))
+        return 128 + WTERMSIG(wstatus); /* signals are 1..64: at most 192 */
+    return EXIT_INIT_FAILED;
+}
+
+/* Waits for `child`, reaping every other process that ends meanwhile (orphans come to PID 1,
+ * and in test mode to the init as a subreaper). */
+static int wait_workload(pid_t child)
+{
+    for (;;) {
+        int wstatus;
+        pid_t pid = waitpid(-1, &wstatus, 0);
+        if (pid == child)
+            return decode_status(wstatus);
+        if (pid < 0 && errno != EINTR) {
+            say("waitpid: %s", strerror(errno));
+            return EXIT_INIT_FAILED;
+        }
+    }
+}
+
+static int run_workload(const struct config *cfg)
+{
+    pid_t child = fork();
+    if (child < 0) {
+        say("fork: %s", strerror(errno));
+        return EXIT_INIT_FAILED;
+    }
+    if (child == 0)
+        exec_workload(cfg);
+    milestone(MILESTONE_WORKLOAD_STARTED);
+    int status = wait_workload(child);
+    milestone(MILESTONE_WORKLOAD_EXITED);
+    return status;
+}
+
+/* --- the whole ------------------------------------------------------------------------------ */
+
+static int boot_and_run(const char *config_path)
+{
+    struct config cfg;
+    char err[512];
+    if (!test_mode) {
+        mount_basics();
+        ensure_console();
+        loopback_up();
+    }
+    milestone(MILESTONE_MOUNTS_DONE);
+    if (config_load(config_path, &cfg, err, sizeof err) < 0) {
+        say("%s: %s", config_path, err);
+        return EXIT_INIT_FAILED;
+    }
+    load_modules(&cfg);
+    milestone(MILESTONE_MODULES_LOADED);
+    if (!test_mode && setup_root(&cfg) < 0)
+        return EXIT_INIT_FAILED;
+    milestone(MILESTONE_ROOT_MOUNTED);
+    if (!test_mode && sethostname(cfg.hostname, strlen(cfg.hostname)) < 0)
+        say("hostname %s: %s", cfg.hostname, strerror(errno));
+    return run_workload(&cfg);
+}
+
+/* Ends whatever the workload left running, so that nothing writes after the sync. */
+static void end_leftovers(void)
+{
+    kill(-1, SIGKILL); /* as PID 1: every process but the init */
+    for (int waited = 0; waited < LEFTOVER_WAIT_MS; waited++) {
+        pid_t pid;
+        while ((pid = waitpid(-1, NULL, WNOHANG)) > 0)
+            ;
+        if (pid < 0 && errno == ECHILD)
+            return;
+        sleep_ms(1);
+    }
+}
+
+static void power_off(void)
+{
+    reboot(RB_POWER_OFF);
+    say("power off: %s", strerror(errno));
+    reboot(RB_HALT_SYSTEM);
+    for (;;) /* PID 1 must not exit: the kernel would panic */
+        pause();
+}
+
+int main(int argc, char **argv)
+{
+    const char *mode = getenv(TEST_ENV);
+    test_mode = mode && strcmp(mode, "1") == 0;
+    if (test_mode) {
+        prctl(PR_SET_CHILD_SUBREAPER, 1);
+        int status = EXIT_INIT_FAILED;
+        if (argc != 2)
+            say("usage: " TEST_ENV "=1 %s CONFIG", argc ? argv[0] : "init");
+        else
+            status = boot_and_run(argv[1]);
+        report_exit(status);
+        return 0;
+    }
+    if (getpid() != 1) {
+        say("not PID 1: this is a guest's init; to test it, set " TEST_ENV "=1 and pass a config");
+        return EXIT_INIT_FAILED;
+    }
+    ports_open();
+    milestone(MILESTONE_INIT_STARTED);
+    int status = boot_and_run(CONFIG_PATH);
+    end_leftovers();
+    sync();
+    report_exit(status);
+    power_off();
+}
