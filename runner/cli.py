@@ -202,11 +202,30 @@ def run(file: str, host: str, workload: list[str] | None, timeout_s: float) -> i
         if host == "auto":
             print(f"vmrun: {status.reason}; running in the emulated KVM host", file=sys.stderr)
         return _run_emulated(vm, workload, timeout_s)
-    print(
-        f"vmrun: {file} is valid, but booting a VM is not built yet; nothing was run",
-        file=sys.stderr,
-    )
-    return ExitStatus.VMM_FAILURE
+    return _run_on_kvm(vm, workload)
+
+
+def _run_on_kvm(vm: VmFile, workload: list[str] | None) -> int:
+    from runner.builder import BuildError, build, not_built_yet
+    from runner.config.problems import ConfigError
+    from runner.vmm import run_machine
+
+    refused = not_built_yet(vm.resources)
+    if refused:
+        error: ConfigError = vm.error(refused)
+        print("\n".join(error.lines()), file=sys.stderr)
+        return ExitStatus.VMM_FAILURE
+    file_workload = vm.resources.workload
+    argv = workload or ([file_workload.exec, *file_workload.args] if file_workload else [])
+    try:
+        machine = build(vm.resources, argv)
+    except BuildError as exc:
+        print(f"vmrun: {exc}", file=sys.stderr)
+        return ExitStatus.VMM_FAILURE
+    ending = run_machine(machine)
+    if ending.reason:
+        print(f"vmrun: {ending.reason}", file=sys.stderr)
+    return ending.status
 
 
 def _run_emulated(vm: VmFile, workload: list[str] | None, timeout_s: float) -> int:

@@ -1,0 +1,132 @@
+"""The guest's initramfs: vmrun's init, its configuration, and a small userland.
+
+Linux unpacks concatenated archives in order, later files replacing earlier ones, so the
+image is: the file's own initramfs (if any), then vmrun's base (busybox-static as /bin, the
+init as /init; built once and cached), then a small archive with this run's configuration
+(`/vmrun/config`, the format of native/init/README.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+from runner.boot.initramfs import Entry, compressed, cpio
+from runner.cache import cache_dir
+from runner.config.model import VmResources
+from runner.guest import debian
+
+NATIVE_INIT = Path(__file__).resolve().parents[2] / "native" / "init"
+CONFIG_MAGIC = b"vmrun-init-config 1"
+CONFIG_END = b"end"
+
+
+class GuestImageError(Exception):
+    """The guest's init or userland cannot be built."""
+
+
+def _init_build_module() -> ModuleType:  # native/init/build.py is not in the package
+    spec = importlib.util.spec_from_file_location("vmrun_init_build", NATIVE_INIT / "build.py")
+    if spec is None or spec.loader is None or not (NATIVE_INIT / "build.py").exists():
+        raise GuestImageError(f"the guest init's sources are not at {NATIVE_INIT}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def guest_init() -> Path:
+    """vmrun's static init, compiled once per source content into the cache."""
+    build = _init_build_module()
+    digest = hashlib.sha256()
+    for path in build.inputs():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    target = cache_dir("init", digest.hexdigest()[:16]) / "init"
+    if not target.exists():
+        try:
+            build.build_init(str(target))
+        except (build.InitBuildError, OSError, subprocess.SubprocessError) as exc:
+            raise GuestImageError(f"cannot build the guest init: {exc}") from exc
+    return target
+
+
+def base_image() -> bytes:
+    """The gzip archive of the init and busybox-static (with its applets), cached."""
+    init = guest_init()
+    deb = debian.fetch("busybox-static")
+    key = hashlib.sha256(init.read_bytes() + deb.name.encode()).hexdigest()[:16]
+    target = cache_dir("guest") / f"base-{key}.cpio.gz"
+    if not target.exists():
+        busybox = debian.unpack(deb) / "bin" / "busybox"
+        entries = [Entry.directory(d) for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin")]
+        entries.append(Entry.file("bin/busybox", busybox.read_bytes(), 0o755))
+        entries += [Entry.symlink(f"bin/{name}", "busybox") for name in _applets(busybox)]
+        entries += [Entry.directory("vmrun"), Entry.file("init", init.read_bytes(), 0o755)]
+        partial = target.with_suffix(".part")
+        partial.write_bytes(compressed(cpio(entries)))
+        partial.replace(target)
+    return target.read_bytes()
+
+
+def _applets(busybox: Path) -> list[str]:
+    """The applets this busybox has (it is static: it runs on the host to say so)."""
+    result = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise GuestImageError(f"{busybox} --list failed: {result.stderr.strip()}")
+    return [name for name in result.stdout.split() if "/" not in name and name != "busybox"]
+
+
+def escape(value: str) -> bytes:
+    """A config value: UTF-8, `\\` and control bytes escaped (NUL cannot be written)."""
+    out = bytearray()
+    for byte in value.encode("utf-8", "surrogateescape"):
+        if byte == 0:
+            raise GuestImageError("a value for the guest init cannot hold a NUL character")
+        if byte == 0x5C:
+            out += b"\\\\"
+        elif byte == 0x0A:
+            out += b"\\n"
+        elif byte < 0x20 or byte == 0x7F:
+            out += b"\\x%02x" % byte
+        else:
+            out.append(byte)
+    return bytes(out)
+
+
+def render_config(lines: Iterable[tuple[str, str]]) -> bytes:
+    body = b"".join(key.encode() + b" " + escape(value) + b"\n" for key, value in lines)
+    return CONFIG_MAGIC + b"\n" + body + CONFIG_END + b"\n"
+
+
+def init_config(resources: VmResources, argv: Sequence[str]) -> bytes:
+    """What the init runs and how, from the VM file (and `argv`, which replaces exec/args)."""
+    workload = resources.workload
+    lines: list[tuple[str, str]] = [("hostname", (workload and workload.hostname) or "vmrun")]
+    if workload is not None:
+        lines += [("env", f"{name}={value}") for name, value in workload.env.items()]
+        lines.append(("workdir", workload.workdir))
+        lines += [
+            ("rlimit", f"{name} {limit.soft} {limit.hard}")
+            for name, limit in workload.rlimits.items()
+        ]
+    lines.append(("root", "initramfs"))
+    lines.append(("exec", argv[0]))
+    lines += [("arg", arg) for arg in argv[1:]]
+    return render_config(lines)
+
+
+def guest_initramfs(resources: VmResources, argv: Sequence[str]) -> bytes:
+    """The whole initramfs for this run."""
+    parts = []
+    if resources.kernel.initramfs:
+        user = Path(resources.kernel.initramfs).read_bytes()
+        parts.append(user + bytes(-len(user) % 4))
+    parts.append(base_image())
+    config = cpio(
+        [Entry.directory("vmrun"), Entry.file("vmrun/config", init_config(resources, argv))]
+    )
+    parts.append(compressed(config))
+    return b"".join(parts)

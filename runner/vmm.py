@@ -1,0 +1,161 @@
+"""Running a built Machine until the guest ends: one thread per vCPU, the main thread waiting.
+
+Kernel facts this relies on (STYLE 15):
+- KVM_RUN is a C call through cffi, which releases the GIL, so vCPU threads run in parallel.
+- A signal delivered to a thread inside KVM_RUN makes it return -EINTR (never restarted);
+  `immediate_exit` makes the next KVM_RUN return -EINTR at once, closing the race where the
+  signal lands just before the call. Stopping sets both.
+- Python runs signal handlers in the main thread only, but the C-level handler it installs
+  runs in whichever thread the signal is sent to, which is all the kick needs.
+- Without ACPI, a guest's power-off only halts its CPUs, so the VM ends when the init reports
+  its status on the exit port (it syncs first), not when the guest stops.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import attrs
+
+from runner.builder import Machine
+from runner.kvm.native import ExitReason, IoDirection, KvmError, SystemEventType
+from runner.kvm.vcpu import Vcpu
+
+VMM_FAILURE = 125
+KICK_SIGNAL = signal.SIGUSR1
+
+
+@attrs.frozen
+class Ending:
+    """How the VM ended: vmrun's exit status and, when it is not the workload's, why."""
+
+    status: int
+    reason: str = ""
+
+
+# What ends a VM, and the status vmrun exits with (see docs/architecture.md).
+REBOOT = Ending(VMM_FAILURE, "the guest rebooted (a kernel panic reboots, with panic=-1)")
+TRIPLE_FAULT = Ending(VMM_FAILURE, "the guest triple-faulted (KVM_EXIT_SHUTDOWN)")
+POWER_OFF = Ending(VMM_FAILURE, "the guest powered off without reporting a status")
+CRASH = Ending(VMM_FAILURE, "the guest crashed (KVM system event)")
+
+
+class Vmm:
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._ending: Ending | None = None
+        self._threads: list[threading.Thread] = []
+
+    def end(self, ending: Ending) -> None:
+        """The first ending wins; every vCPU is kicked out of KVM_RUN."""
+        with self._lock:
+            if self._ending is None:
+                self._ending = ending
+        self._done.set()
+        for vcpu, thread in zip(self.machine.vcpus, self._threads, strict=False):
+            try:
+                vcpu.immediate_exit = True
+            except KvmError:
+                continue
+            if thread.ident is not None and thread.is_alive():
+                signal.pthread_kill(thread.ident, KICK_SIGNAL)
+
+    def run(self) -> Ending:
+        """Run until the guest ends, Ctrl-C or SIGTERM (128 + the signal's number)."""
+        previous = {
+            KICK_SIGNAL: signal.signal(KICK_SIGNAL, lambda *_: None),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, self._on_signal),
+            signal.SIGINT: signal.signal(signal.SIGINT, self._on_signal),
+        }
+        try:
+            self._threads = [
+                threading.Thread(target=self._vcpu_loop, args=(vcpu,), name=f"vcpu{vcpu.id}")
+                for vcpu in self.machine.vcpus
+            ]
+            for thread in self._threads:
+                thread.start()
+            while not self._done.wait(0.5):
+                pass
+        finally:
+            self.end(Ending(VMM_FAILURE, "vmrun stopped"))
+            for thread in self._threads:
+                while thread.is_alive():
+                    self.end(Ending(VMM_FAILURE, "vmrun stopped"))
+                    thread.join(0.05)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        assert self._ending is not None
+        return self._ending
+
+    def _on_signal(self, number: int, _frame: object) -> None:
+        self.end(Ending(128 + number, f"stopped by {signal.Signals(number).name}"))
+
+    def _vcpu_loop(self, vcpu: Vcpu) -> None:
+        try:
+            while not self._done.is_set():
+                ending = self._handle(vcpu)
+                if ending is not None:
+                    self.end(ending)
+        except KvmError as exc:
+            self.end(Ending(VMM_FAILURE, f"vCPU {vcpu.id}: {exc}"))
+        except Exception as exc:  # a VMM bug: end the VM and say so, never hang
+            self.end(Ending(VMM_FAILURE, f"vCPU {vcpu.id}: internal error: {exc!r}"))
+
+    def _handle(self, vcpu: Vcpu) -> Ending | None:
+        machine = self.machine
+        exit_ = vcpu.run()
+        reason = exit_.reason
+        if reason is ExitReason.IO:
+            io = exit_.io
+            if io.direction is IoDirection.OUT:
+                for i in range(io.count):
+                    value = int.from_bytes(io.data[i * io.size : (i + 1) * io.size], "little")
+                    machine.io_bus.write(io.port, io.size, value)
+            else:
+                values = b"".join(
+                    machine.io_bus.read(io.port, io.size).to_bytes(io.size, "little")
+                    for _ in range(io.count)
+                )
+                exit_.complete_io_in(values)
+            if machine.exit_port:
+                return Ending(machine.exit_port[0])
+            if machine.events:
+                return REBOOT
+            return None
+        if reason is ExitReason.MMIO:
+            mmio = exit_.mmio
+            if not mmio.is_write:  # no MMIO device yet: reads see zeros
+                exit_.complete_mmio_read(bytes(len(mmio.data)))
+            return None
+        if reason in (ExitReason.INTR, ExitReason.HLT):
+            return None
+        if reason is ExitReason.SHUTDOWN:
+            return TRIPLE_FAULT
+        if reason is ExitReason.SYSTEM_EVENT:
+            kind = exit_.system_event.type
+            if kind == SystemEventType.RESET:
+                return REBOOT
+            if kind == SystemEventType.SHUTDOWN:
+                return POWER_OFF
+            return CRASH
+        if reason is ExitReason.INTERNAL_ERROR:
+            info = exit_.internal
+            return Ending(VMM_FAILURE, f"KVM internal error {info.suberror} on vCPU {vcpu.id}")
+        if reason is ExitReason.FAIL_ENTRY:
+            fail = exit_.fail_entry
+            return Ending(
+                VMM_FAILURE,
+                f"KVM could not enter vCPU {vcpu.id} "
+                f"(reason {fail.hardware_entry_failure_reason:#x})",
+            )
+        return Ending(VMM_FAILURE, f"vCPU {vcpu.id}: unexpected exit {reason.name}")
+
+
+def run_machine(machine: Machine) -> Ending:
+    try:
+        return Vmm(machine).run()
+    finally:
+        machine.close()
