@@ -10,9 +10,11 @@ from runner.devices.slots import virtio_slots
 # panic=-1: a panic reboots at once (so it ends the VM) instead of hanging.
 # pci=off and the i8042 flags: there is no PCI bus and only a minimal keyboard controller,
 # so the kernel does not spend exits probing them.
+# quiet loglevel=1: the console is the workload's too, and every byte of it is a VM exit;
+# only emergencies (a panic) are printed.
 DEFAULT_PROLOG = (
     "reboot=k panic=-1 panic_print=0 pci=off "
-    "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet"
+    "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet loglevel=1"
 )
 
 

@@ -596,12 +596,14 @@ def test_command_line_of_2047_bytes_fits(write_vm) -> None:
 
 
 def test_command_line_counts_the_default_parts(write_vm) -> None:
-    # The default prolog, the device entry and console=hvc0 are 143 bytes, with the epilog's
-    # separating space 144: an epilog of 1903 bytes fills the 2047.
+    # The default prolog, the device entry and console=hvc0, then the epilog after a space:
+    # an epilog that brings the whole to 2047 bytes fits, one byte more does not.
+    base = len(cmdline.compose(passes(write_vm("")).resources))
     text = '[kernel_cmdline]\nepilog = "{}"\n'
-    vm = passes(write_vm(text.format("y" * 1903)))
+    room = 2047 - base - 1
+    vm = passes(write_vm(text.format("y" * room)))
     assert len(cmdline.compose(vm.resources)) == 2047
-    assert problems(write_vm(text.format("y" * 1904)))[0][1].startswith(
+    assert problems(write_vm(text.format("y" * (room + 1))))[0][1].startswith(
         "the composed kernel command line is 2048 bytes;"
     )
 

@@ -109,7 +109,21 @@ def test_i8042_reset_ends_the_vm() -> None:
     assert resets == []
     kbd.write(4, 1, 0xFE)
     assert resets == [True]
-    assert kbd.read(4, 1) == 0
+
+
+def test_i8042_command_byte_and_self_test() -> None:
+    kbd = I8042(lambda: None)
+    assert kbd.read(4, 1) == 0x04  # nothing to read
+    kbd.write(4, 1, 0x20)
+    assert kbd.read(4, 1) == 0x05  # output full
+    assert kbd.read(0, 1) == 0x30
+    assert kbd.read(4, 1) == 0x04
+    kbd.write(4, 1, 0x60)
+    kbd.write(0, 1, 0x47)
+    kbd.write(4, 1, 0x20)
+    assert kbd.read(0, 1) == 0x47
+    kbd.write(4, 1, 0xAA)
+    assert kbd.read(0, 1) == 0x55
 
 
 def test_cmos_clock_in_bcd() -> None:

@@ -1,7 +1,8 @@
-"""The i8042 keyboard controller: only what a microVM needs from it, the reset line.
+"""The i8042 keyboard controller: what Linux's driver needs to find it, and the reset line.
 
-Linux reboots with `reboot=k` by writing 0xfe (pulse reset) to the command port; vmrun
-ends the VM there. Everything else reads as an idle controller with no keyboard data.
+Linux reads and writes the controller's command byte (CTR) while probing and reboots with
+`reboot=k` by pulsing the reset line (command 0xfe); vmrun ends the VM there. There is no
+keyboard: no key data ever arrives.
 """
 
 from __future__ import annotations
@@ -11,17 +12,43 @@ from collections.abc import Callable
 DATA_PORT = 0x60
 COMMAND_PORT = 0x64  # base 0x60: offsets 0 (data) and 4 (status/command)
 PORT_SPAN = 5
+CMD_READ_CTR, CMD_WRITE_CTR = 0x20, 0x60
+CMD_SELF_TEST, CMD_KBD_TEST = 0xAA, 0xAB
 CMD_PULSE_RESET = 0xFE
-STATUS_IDLE = 0x00  # output buffer empty, input buffer empty
+SELF_TEST_OK, KBD_TEST_OK = 0x55, 0x00
+STATUS_OUTPUT_FULL = 0x01
+STATUS_SYSTEM = 0x04  # the self-test passed at power-on
+CTR_DEFAULT = 0x30  # both ports' clocks disabled, no interrupts: an idle controller
 
 
 class I8042:
     def __init__(self, reset: Callable[[], None]) -> None:
         self._reset = reset
+        self._ctr = CTR_DEFAULT
+        self._output: int | None = None
+        self._expect_ctr = False
 
     def read(self, offset: int, size: int) -> int:
-        return STATUS_IDLE
+        if offset == COMMAND_PORT - DATA_PORT:
+            return STATUS_SYSTEM | (STATUS_OUTPUT_FULL if self._output is not None else 0)
+        value, self._output = self._output, None
+        return 0 if value is None else value
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if offset == COMMAND_PORT - DATA_PORT and value & 0xFF == CMD_PULSE_RESET:
+        value &= 0xFF
+        if offset == 0:
+            if self._expect_ctr:
+                self._ctr, self._expect_ctr = value, False
+            return
+        if offset != COMMAND_PORT - DATA_PORT:
+            return
+        if value == CMD_PULSE_RESET:
             self._reset()
+        elif value == CMD_READ_CTR:
+            self._output = self._ctr
+        elif value == CMD_WRITE_CTR:
+            self._expect_ctr = True
+        elif value == CMD_SELF_TEST:
+            self._output = SELF_TEST_OK
+        elif value == CMD_KBD_TEST:
+            self._output = KBD_TEST_OK
