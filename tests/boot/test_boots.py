@@ -1,0 +1,114 @@
+"""Real boots: vmrun runs a VM file on KVM and exits with what the guest did.
+
+Marked `boot`: where /dev/kvm cannot boot Linux, these run inside the emulated host.
+Each boots the default guest kernel with vmrun's init and busybox as the root.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.boot
+
+VM = """\
+disable_implicit_console = true
+serial_consoles = [{{ output = "stdout" }}]
+
+[machine]
+vcpu_count = {vcpus}
+mem_size_mib = {mem}
+{extra}
+"""
+
+
+def vm_file(tmp_path: Path, vcpus: int = 1, mem: int = 256, extra: str = "") -> str:
+    path = tmp_path / "vm.toml"
+    path.write_text(VM.format(vcpus=vcpus, mem=mem, extra=extra))
+    return str(path)
+
+
+def vmrun(vm: str, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runner", "run", "--host", "kvm", vm, "--", *argv],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [
+        (["/bin/sh", "-c", "exit 0"], 0),
+        (["/bin/sh", "-c", "exit 1"], 1),
+        (["/bin/sh", "-c", "echo forty-two; exit 42"], 42),
+        (["/vmrun/config"], 126),  # a file that is not executable
+        (["/no/such/program"], 127),
+        (["/bin/sh", "-c", "kill -9 $$"], 137),
+    ],
+    ids=["0", "1", "42", "126-not-executable", "127-not-found", "137-killed"],
+)
+def test_exit_status_is_the_workloads(tmp_path: Path, argv: list[str], status: int) -> None:
+    result = vmrun(vm_file(tmp_path), *argv)
+    assert result.returncode == status, result.stderr
+    assert result.stderr == "" or status in (126, 127), result.stderr
+    if status == 42:
+        assert result.stdout == "forty-two\n"
+
+
+def test_a_kernel_panic_ends_the_vm(tmp_path: Path) -> None:
+    result = vmrun(vm_file(tmp_path), "/bin/sh", "-c", "echo c > /proc/sysrq-trigger")
+    assert result.returncode == 125
+    assert "vmrun: the guest rebooted (a kernel panic reboots, with panic=-1)" in result.stderr
+
+
+def test_a_guest_reboot_ends_the_vm(tmp_path: Path) -> None:
+    result = vmrun(vm_file(tmp_path), "/bin/reboot", "-f")
+    assert result.returncode == 125
+    assert "vmrun: the guest rebooted" in result.stderr
+
+
+def test_a_triple_fault_ends_the_vm(tmp_path: Path) -> None:
+    # reboot=t makes the kernel reboot by triple-faulting: KVM_EXIT_SHUTDOWN.
+    vm = vm_file(tmp_path, extra='[kernel_cmdline]\nepilog = "reboot=t"\n')
+    result = vmrun(vm, "/bin/reboot", "-f")
+    assert result.returncode == 125
+    assert "vmrun: the guest triple-faulted (KVM_EXIT_SHUTDOWN)" in result.stderr
+
+
+def test_a_corrupt_kernel_is_a_clear_error(tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"MZ" + os.urandom(4094))
+    vm = vm_file(tmp_path, extra=f'[kernel]\npath = "{kernel}"\n')
+    result = vmrun(vm, "/bin/true", timeout=60)
+    assert result.returncode == 125
+    assert result.stderr.startswith(f"vmrun: {kernel}: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_initramfs_is_a_clear_error(tmp_path: Path) -> None:
+    vm = vm_file(tmp_path, extra='[kernel]\ninitramfs = "missing.cpio"\n')
+    result = vmrun(vm, "/bin/true", timeout=60)
+    assert result.returncode == 125
+    assert f"kernel.initramfs: no such file: {tmp_path / 'missing.cpio'}" in result.stderr
+
+
+def test_ctrl_c_stops_a_running_vm(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", "--host", "kvm", vm_file(tmp_path),
+         "--", "/bin/sh", "-c", "echo up; sleep 600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "up\n"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 130
+    assert time.monotonic() - start < 5  # within a second, with room for emulation
+    assert proc.stderr is not None
+    assert "vmrun: stopped by SIGINT" in proc.stderr.read()
