@@ -9,6 +9,7 @@ Ubuntu hosts and never changes the host's package state.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,8 @@ def _apt(*args: str) -> str:
     if shutil.which(args[0]) is None:
         raise PackageError(
             f"`{args[0]}` is not available: vmrun fetches Debian packages with apt "
-            "(Debian and Ubuntu hosts)"
+            "(Debian and Ubuntu hosts); or set kernel.path in the VM file to a kernel image "
+            "you have"
         )
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
@@ -44,7 +46,17 @@ def _apt(*args: str) -> str:
 
 
 def depends_of(package: str) -> str:
-    """The package a metapackage stands for (`linux-image-amd64` -> `linux-image-6.1.0-N-amd64`)."""
+    """The package a metapackage stands for (`linux-image-amd64` -> `linux-image-6.1.0-N-amd64`),
+    as recorded when it was first resolved (apt takes seconds under emulation)."""
+    record = cache_dir("debs") / f"{package}.depends"
+    if record.exists():
+        return record.read_text().strip()
+    target = _depends_from_apt(package)
+    record.write_text(target + "\n")
+    return target
+
+
+def _depends_from_apt(package: str) -> str:
     for line in _apt("apt-cache", "depends", package).splitlines():
         line = line.strip()
         if line.startswith("Depends:"):
@@ -53,7 +65,22 @@ def depends_of(package: str) -> str:
 
 
 def fetch(package: str) -> Path:
-    """The .deb of `package` in the cache, downloaded first if needed (checksum verified)."""
+    """The .deb of `package` in the cache, downloaded first if needed (checksum verified).
+
+    What was fetched is recorded beside it (`PACKAGE.json`: file, size, SHA256), and later
+    calls use the record without asking apt; delete the record to fetch a newer version."""
+    record = cache_dir("debs") / f"{package}.json"
+    if record.exists():
+        known = json.loads(record.read_text())
+        path = record.parent / known["file"]
+        if path.exists() and path.stat().st_size == known["size"]:
+            return path
+    path, size, sha256 = _fetch_from_apt(package)
+    record.write_text(json.dumps({"file": path.name, "size": size, "sha256": sha256}) + "\n")
+    return path
+
+
+def _fetch_from_apt(package: str) -> tuple[Path, int, str]:
     found = None
     for line in _apt("apt-get", "download", "--print-uris", package).splitlines():
         found = _URI_LINE.match(line)
@@ -62,10 +89,10 @@ def fetch(package: str) -> Path:
     if found is None:
         raise PackageError(f"apt does not know where to download {package} from")
     target = cache_dir("debs") / found["file"]
-    if target.exists() and _sha256(target) == found["sha"]:
-        return target
-    _download(found["url"], target, int(found["size"]), found["sha"], package)
-    return target
+    size, sha256 = int(found["size"]), found["sha"]
+    if not (target.exists() and _sha256(target) == sha256):
+        _download(found["url"], target, size, sha256, package)
+    return target, size, sha256
 
 
 def _download(url: str, target: Path, size: int, sha256: str, label: str) -> None:

@@ -1,0 +1,69 @@
+"""Debian packages as data: what is fetched is recorded, and the record spares apt later."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.guest import debian
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("VMRUN_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_fetch_records_what_it_downloaded(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = b"a package"
+    sha = hashlib.sha256(data).hexdigest()
+    uri = f"'http://deb.example/pool/p_1_amd64.deb' p_1_amd64.deb {len(data)} SHA256:{sha}\n"
+    calls: list[tuple[str, ...]] = []
+
+    def apt(*args: str) -> str:
+        calls.append(args)
+        return uri
+
+    def download(url: str, target: Path, size: int, sha256: str, label: str) -> None:
+        target.write_bytes(data)
+
+    monkeypatch.setattr(debian, "_apt", apt)
+    monkeypatch.setattr(debian, "_download", download)
+    path = debian.fetch("p")
+    assert path == cache / "debs" / "p_1_amd64.deb"
+    assert json.loads((cache / "debs" / "p.json").read_text()) == {
+        "file": "p_1_amd64.deb", "size": len(data), "sha256": sha,
+    }  # fmt: skip
+    assert debian.fetch("p") == path
+    assert len(calls) == 1  # the second fetch used the record, not apt
+
+
+def test_a_record_whose_file_changed_is_fetched_again(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (cache / "debs").mkdir()
+    (cache / "debs" / "p.json").write_text('{"file": "p.deb", "size": 5, "sha256": "x"}')
+    (cache / "debs" / "p.deb").write_bytes(b"123")
+    monkeypatch.setattr(debian, "_fetch_from_apt", lambda name: (cache / "debs" / "p.deb", 3, "y"))
+    assert debian.fetch("p") == cache / "debs" / "p.deb"
+    assert json.loads((cache / "debs" / "p.json").read_text())["size"] == 3
+
+
+def test_depends_is_recorded(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter(["linux-image-amd64\n  Depends: linux-image-6.1.0-9-amd64\n"])
+    monkeypatch.setattr(debian, "_apt", lambda *args: next(answers))
+    assert debian.depends_of("linux-image-amd64") == "linux-image-6.1.0-9-amd64"
+    assert debian.depends_of("linux-image-amd64") == "linux-image-6.1.0-9-amd64"
+
+
+def test_missing_apt_says_what_is_needed(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(cache))
+    with pytest.raises(debian.PackageError) as info:
+        debian.fetch("busybox-static")
+    assert str(info.value) == (
+        "`apt-get` is not available: vmrun fetches Debian packages with apt (Debian and Ubuntu "
+        "hosts); or set kernel.path in the VM file to a kernel image you have"
+    )
