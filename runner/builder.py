@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import attrs
 
-from runner.arch.x86_64 import boot_params, cpuid, gdt, layout, mptable, msrs, page_tables
+from runner.arch.x86_64 import acpi, boot_params, cpuid, gdt, layout, mptable, msrs, page_tables
 from runner.boot import cmdline
 from runner.boot.loader import KernelImageError, LoadedKernel, load_kernel
 from runner.config.model import InitramfsRoot, VmResources
@@ -129,9 +129,11 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
             initrd=initrd,
         )
         writes = [(layout.ZERO_PAGE_START, zero_page), *gdt.boot_gdt_writes()]
-        writes += page_tables.page_table_writes() + mptable.mptable_writes(
-            resources.machine.vcpu_count
-        )
+        vcpu_count = resources.machine.vcpu_count
+        writes += page_tables.page_table_writes() + mptable.mptable_writes(vcpu_count)
+        # Kernels without MP-table parsing (Debian's cloud kernel) find the vCPUs, the IOAPIC
+        # and the legacy devices' interrupts only in the ACPI tables.
+        writes += acpi.acpi_tables(vcpu_count)
         for gpa, data in writes:
             _write(memory, gpa, data, "boot tables")
 

@@ -38,6 +38,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -590,6 +591,10 @@ int main(int argc, char **argv)
     int status = boot_and_run(CONFIG_PATH);
     end_leftovers();
     sync();
+    /* The VMM ends the VM at the report: let the console's UART send what the workload
+     * wrote first (with several vCPUs its interrupt-driven output lags behind the exit). */
+    tcdrain(STDOUT_FILENO);
+    tcdrain(STDERR_FILENO);
     report_exit(status);
     power_off();
 }

@@ -13,8 +13,7 @@ from runner.devices.slots import virtio_slots
 # quiet loglevel=1: the console is the workload's too, and every byte of it is a VM exit;
 # only emergencies (a panic) are printed.
 DEFAULT_PROLOG = (
-    "reboot=k panic=-1 panic_print=0 pci=off "
-    "i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet loglevel=1"
+    "reboot=k panic=-1 panic_print=0 pci=off i8042.noaux i8042.nomux i8042.dumbkbd quiet loglevel=1"
 )
 
 

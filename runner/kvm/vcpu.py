@@ -206,7 +206,9 @@ class Vcpu:
         finally:
             self._running = False
         if result < 0:
-            if result == -errno.EINTR:
+            # EINTR: a signal or immediate_exit. EAGAIN: KVM woke a vCPU that was waiting
+            # for INIT/SIPI (an AP being started); both mean "run again".
+            if result in (-errno.EINTR, -errno.EAGAIN):
                 return VcpuExit(self, ExitReason.INTR)
             raise KvmError("KVM_RUN", -result)
         code = self._run.exit_reason

@@ -68,8 +68,13 @@ EBDA_START = 0x9FC00
 # The Intel MP table (floating pointer + configuration table) goes in the EBDA; the e820
 # map leaves 0x9fc00-1 MiB out, so the kernel never reuses it as RAM. With 254 vCPUs it is
 # 5.2 KiB, so it may run past 0xa0000: that is still backed guest memory (the first memory
-# slot starts at 0), and nothing else is placed between EBDA_START and HIMEM_START.
+# slot starts at 0). The ACPI tables start at ACPI_START (0xe0000), well past its end.
 MPTABLE_START = EBDA_START
+# The ACPI tables (RSDP first, then XSDT, FADT, DSDT, MADT) go at the start of the BIOS
+# read-only area, where Linux scans for the RSDP ("RSD PTR ", 16-byte aligned, 0xe0000 up to
+# 1 MiB) when the zero page gives no acpi_rsdp_addr; Firecracker's RSDP is here too. The e820
+# map leaves it out of RAM, so the kernel keeps the tables; they must end below HIMEM_START.
+ACPI_START = 0xE0000
 # Where RAM resumes above the legacy VGA/BIOS hole (0xa0000-0xfffff) in the e820 map.
 HIMEM_START = 1 * MIB
 
