@@ -7,6 +7,7 @@ it, raised on the COM port's ISA line, so the tty layer's interrupt-driven outpu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -31,8 +32,17 @@ class Serial8250:
         self._divisor = [0x0C, 0x00]  # 9600 baud
         self._fifo = False
         self._thri_pending = False
+        self._lock = threading.Lock()
 
     def read(self, offset: int, size: int) -> int:
+        with self._lock:  # vCPU threads reach the UART concurrently
+            return self._read(offset)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        with self._lock:
+            self._write(offset, value)
+
+    def _read(self, offset: int) -> int:
         dlab = self._regs[LCR] & LCR_DLAB
         if offset in (THR, IER) and dlab:
             return self._divisor[offset]
@@ -50,7 +60,7 @@ class Serial8250:
             return self._loopback_msr() if self._regs[MCR] & MCR_LOOP else MSR_IDLE
         return self._regs.get(offset, 0)
 
-    def write(self, offset: int, size: int, value: int) -> None:
+    def _write(self, offset: int, value: int) -> None:
         value &= 0xFF
         dlab = self._regs[LCR] & LCR_DLAB
         if offset in (THR, IER) and dlab:
