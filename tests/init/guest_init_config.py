@@ -1,14 +1,16 @@
-"""A reference writer of the guest init's config (native/init/README.md), for the tests.
-
-The runner's own writer must produce the same bytes for the same settings.
+"""The guest init's config (native/init/README.md) as the tests write it: with the runner's
+own writer, so that the init is tested on exactly what vmrun gives it.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
+
+from runner.guest.initramfs import escape as runner_escape
+from runner.guest.initramfs import render_config
 
 MAGIC = b"vmrun-init-config 1"
 END = b"end"
@@ -27,27 +29,9 @@ def _load_build_script() -> ModuleType:
 build = _load_build_script()  # native/init/build.py: not part of the package
 
 
-def escape(value: str) -> bytes:
-    """`value` as UTF-8, with `\\` and every control byte escaped; NUL cannot be written."""
-    out = bytearray()
-    for byte in value.encode("utf-8", "surrogateescape"):
-        if byte == 0:
-            raise ValueError("a config value cannot hold a NUL character")
-        if byte == 0x5C:
-            out += b"\\\\"
-        elif byte == 0x0A:
-            out += b"\\n"
-        elif byte < 0x20 or byte == 0x7F:
-            out += b"\\x%02x" % byte
-        else:
-            out.append(byte)
-    return bytes(out)
-
-
-def render(lines: Iterable[tuple[str, str]]) -> bytes:
-    """The file: magic, one `KEY VALUE` line per pair (value escaped), `end`."""
-    body = b"".join(key.encode() + b" " + escape(value) + b"\n" for key, value in lines)
-    return MAGIC + b"\n" + body + END + b"\n"
+# The runner's writer is the one under test: the init must parse exactly what it writes.
+escape = runner_escape
+render = render_config
 
 
 def workload(

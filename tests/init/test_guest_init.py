@@ -33,6 +33,8 @@ from guest_init_config import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runner.guest.initramfs import GuestImageError
+
 SH = "/bin/sh"
 NOBODY = 65534
 
@@ -339,7 +341,7 @@ def test_hex_escapes_of_any_byte(init: Path, tmp_path: Path) -> None:
 
 def test_writer_escape() -> None:
     assert escape("a b\\c\nd\te\x7f") == b"a b\\\\c\\nd\\x09e\\x7f"
-    with pytest.raises(ValueError):
+    with pytest.raises(GuestImageError):
         escape("nul\0")
 
 
