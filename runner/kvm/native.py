@@ -13,6 +13,7 @@ KVM_RUN above all, holds up only its own thread.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from enum import IntEnum
@@ -262,6 +263,25 @@ def cpuid_from_c(cpuid: Cdata) -> list[CpuidEntry]:
         CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
         for e in (cpuid.entries[i] for i in range(cpuid.nent))
     ]
+
+
+MAX_CPUID_ENTRIES = 4096
+
+
+def read_cpuid(fd: int, request: Ioctl, first_guess: int) -> list[CpuidEntry]:
+    """A CPUID list from an ioctl that answers E2BIG while the buffer is too small
+    (KVM_GET_SUPPORTED_CPUID, KVM_GET_CPUID2): the buffer doubles until it fits."""
+    count = first_guess
+    while True:
+        cpuid = new_cpuid2(count)
+        try:
+            ioctl(fd, request, cpuid)
+        except KvmError as exc:
+            if exc.errno != errno.E2BIG or count >= MAX_CPUID_ENTRIES:
+                raise
+            count *= 2
+            continue
+        return cpuid_from_c(cpuid)
 
 
 def cpuid_to_c(entries: Iterable[CpuidEntry]) -> Cdata:

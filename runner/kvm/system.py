@@ -16,11 +16,10 @@ from runner.kvm.native import (
     CpuidEntry,
     Ioctl,
     KvmError,
-    cpuid_from_c,
     ffi,
     ioctl,
     ioctl_val,
-    new_cpuid2,
+    read_cpuid,
 )
 from runner.kvm.vm import Vm
 
@@ -63,17 +62,7 @@ class Kvm:
 
     def get_supported_cpuid(self) -> list[CpuidEntry]:
         """The CPUID leaves KVM can give a guest (the basis of what vCPUs are set to)."""
-        count = 128
-        while True:
-            cpuid = new_cpuid2(count)
-            try:
-                ioctl(self._fd, Ioctl.GET_SUPPORTED_CPUID, cpuid)
-            except KvmError as exc:
-                if exc.errno != errno.E2BIG or count >= _MAX_CPUID_ENTRIES:
-                    raise
-                count *= 2
-                continue
-            return cpuid_from_c(cpuid)
+        return read_cpuid(self._fd, Ioctl.GET_SUPPORTED_CPUID, 128)
 
     def get_msr_index_list(self) -> list[int]:
         """The MSRs that KVM_GET_MSRS / KVM_SET_MSRS handle."""

@@ -33,12 +33,11 @@ from runner.kvm.native import (
     Ioctl,
     IoDirection,
     KvmError,
-    cpuid_from_c,
     cpuid_to_c,
     ffi,
     ioctl,
     lib,
-    new_cpuid2,
+    read_cpuid,
 )
 
 _REASONS = {reason.value: reason for reason in ExitReason}
@@ -280,17 +279,7 @@ class Vcpu:
 
     def get_cpuid2(self) -> list[CpuidEntry]:
         """The CPUID entries set on this vCPU."""
-        count = 64
-        while True:
-            cpuid = new_cpuid2(count)
-            try:
-                ioctl(self._fd, Ioctl.GET_CPUID2, cpuid)
-            except KvmError as exc:
-                if exc.errno != errno.E2BIG or count >= _MAX_CPUID_ENTRIES:
-                    raise
-                count *= 2
-                continue
-            return cpuid_from_c(cpuid)
+        return read_cpuid(self._fd, Ioctl.GET_CPUID2, 64)
 
     def set_cpuid2(self, entries: Iterable[CpuidEntry]) -> None:
         ioctl(self._fd, Ioctl.SET_CPUID2, cpuid_to_c(entries))
