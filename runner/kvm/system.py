@@ -24,7 +24,6 @@ from runner.kvm.native import (
 from runner.kvm.vm import Vm
 
 KVM_PATH = "/dev/kvm"
-_MAX_CPUID_ENTRIES = 4096
 
 
 class Kvm:

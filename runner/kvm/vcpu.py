@@ -42,7 +42,6 @@ from runner.kvm.native import (
 
 _REASONS = {reason.value: reason for reason in ExitReason}
 _LAPIC_SIZE = ffi.sizeof("struct kvm_lapic_state")
-_MAX_CPUID_ENTRIES = 4096
 
 
 class IoAccess(NamedTuple):
