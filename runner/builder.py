@@ -137,8 +137,10 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
         for gpa, data in writes:
             _write(memory, gpa, data, "boot tables")
 
+        # One KVM_GET_SUPPORTED_CPUID for all vCPUs: each gets its own copy filtered from it.
+        supported = [cpuid.CpuidEntry(*entry) for entry in kvm.get_supported_cpuid()]
         vcpus = [
-            _create_vcpu(kvm, vm, resources, index, kernel)
+            _create_vcpu(supported, vm, resources, index, kernel)
             for index in range(resources.machine.vcpu_count)
         ]
         machine = Machine(
@@ -210,19 +212,20 @@ def _place_initramfs(
 
 def _command_line(resources: VmResources) -> str:
     try:
-        text = cmdline.compose(resources)
+        return cmdline.compose(resources)
     except cmdline.CmdlineError as exc:
         raise BuildError(str(exc)) from exc
-    # Each boot goes to user space quickly and quietly: every console byte is a VM exit.
-    return text
 
 
 def _create_vcpu(
-    kvm: Kvm, vm: Vm, resources: VmResources, index: int, kernel: LoadedKernel
+    supported: list[cpuid.CpuidEntry],
+    vm: Vm,
+    resources: VmResources,
+    index: int,
+    kernel: LoadedKernel,
 ) -> Vcpu:
     machine = resources.machine
     vcpu = vm.create_vcpu(index)
-    supported = [cpuid.CpuidEntry(*entry) for entry in kvm.get_supported_cpuid()]
     try:
         table = cpuid.vcpu_cpuid(
             supported, index, machine.vcpu_count,
