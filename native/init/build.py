@@ -6,6 +6,7 @@ static C library; it needs nothing from PyPI. From a shell: `python native/init/
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -32,6 +33,14 @@ class InitBuildError(RuntimeError):
 def inputs() -> tuple[Path, ...]:
     """Every file the init is built from, this script included (for a cache key)."""
     return (*(SOURCE_DIR / name for name in (*SOURCES, *HEADERS)), Path(__file__).resolve())
+
+
+def source_digest() -> str:
+    """A digest of every input: an init built from other sources has another."""
+    digest = hashlib.sha256()
+    for path in inputs():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def build_init(out_path: str) -> None:

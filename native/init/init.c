@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <net/if.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -176,6 +177,26 @@ static void mount_basics(void)
         basic_mounted[i] = mount(m->source, m->target, m->type, m->flags, m->data) == 0;
         if (!basic_mounted[i])
             say("mount %s on %s: %s", m->type, m->target, strerror(errno));
+    }
+}
+
+/* The init leads the console's session, so that the console outlives the workload (see
+ * exec_workload). It ignores SIGTTOU: it hands the foreground to the workload and takes it
+ * back, and drains the console while its own group is in the background. */
+static void lead_console_session(void)
+{
+    signal(SIGTTOU, SIG_IGN);
+    if (setsid() < 0 || ioctl(STDIN_FILENO, TIOCSCTTY, 0) < 0) {
+        if (errno != ENOTTY) /* no terminal: no console output to lose */
+            say("the console as controlling terminal: %s", strerror(errno));
+        return;
+    }
+    /* The workload's output reaches vmrun's stdout as written, "\n" not made "\r\n": a
+     * terminal on the host adds its own "\r", a file or a pipe wants none. */
+    struct termios mode;
+    if (tcgetattr(STDOUT_FILENO, &mode) == 0) {
+        mode.c_oflag &= ~(tcflag_t)ONLCR;
+        tcsetattr(STDOUT_FILENO, TCSANOW, &mode);
     }
 }
 
@@ -451,9 +472,12 @@ static void exec_workload(const struct config *cfg)
 {
     ports_close();
     if (!test_mode) {
-        /* its own session, with the console as controlling terminal (job control, ^C) */
-        setsid();
-        ioctl(STDIN_FILENO, TIOCSCTTY, 0);
+        /* Its own process group, the console's foreground one: ^C and job control reach it.
+         * Not its own session: a session leader's exit hangs the console up, which throws
+         * away the output the UART has not sent yet (tty_ldisc_hangup flushes the driver). */
+        setpgid(0, 0);
+        tcsetpgrp(STDIN_FILENO, getpid());
+        signal(SIGTTOU, SIG_DFL); /* ignored dispositions survive execve */
     }
     for (size_t i = 0; i < cfg->n_rlimits; i++)
         if (setrlimit(cfg->rlimits[i].resource, &cfg->rlimits[i].limit) < 0) {
@@ -513,8 +537,12 @@ static int run_workload(const struct config *cfg)
     }
     if (child == 0)
         exec_workload(cfg);
+    if (!test_mode)
+        setpgid(child, child); /* as the child does: whichever runs first */
     milestone(MILESTONE_WORKLOAD_STARTED);
     int status = wait_workload(child);
+    if (!test_mode)
+        tcsetpgrp(STDIN_FILENO, getpgrp()); /* the console back, to drain it */
     milestone(MILESTONE_WORKLOAD_EXITED);
     return status;
 }
@@ -528,6 +556,7 @@ static int boot_and_run(const char *config_path)
     if (!test_mode) {
         mount_basics();
         ensure_console();
+        lead_console_session();
         loopback_up();
     }
     milestone(MILESTONE_MOUNTS_DONE);

@@ -21,6 +21,8 @@ from runner.config.model import VmResources
 from runner.guest import debian
 
 NATIVE_INIT = Path(__file__).resolve().parents[2] / "native" / "init"
+# Written by setup.py beside the init it compiled at install time: its sources' digest.
+INSTALLED_INIT = Path(__file__).resolve().parent / "init.digest"
 CONFIG_MAGIC = b"vmrun-init-config 1"
 CONFIG_END = b"end"
 
@@ -39,12 +41,19 @@ def _init_build_module() -> ModuleType:  # native/init/build.py is not in the pa
 
 
 def guest_init() -> Path:
-    """vmrun's static init, compiled once per source content into the cache."""
+    """vmrun's static init: the one `pip install` compiled, unless this is a checkout whose
+    init sources have changed since (then compiled once per source content into the cache)."""
+    installed = INSTALLED_INIT.parent / "init"
+    if not NATIVE_INIT.is_dir():  # an installed wheel: no sources to rebuild from
+        if not installed.exists():
+            raise GuestImageError(f"the guest init is missing at {installed}: reinstall vmrun")
+        return installed
     build = _init_build_module()
-    digest = hashlib.sha256()
-    for path in build.inputs():
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    target = cache_dir("init", digest.hexdigest()[:16]) / "init"
+    digest = build.source_digest()
+    recorded = INSTALLED_INIT.read_text().strip() if INSTALLED_INIT.exists() else ""
+    if installed.exists() and recorded == digest:
+        return installed
+    target = cache_dir("init", digest[:16]) / "init"
     if not target.exists():
         try:
             build.build_init(str(target))

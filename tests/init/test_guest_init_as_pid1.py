@@ -99,6 +99,19 @@ def test_basics_config_and_workload(root: Path) -> None:
     # the leftover `sleep 1000` was killed: the run did not wait for it
 
 
+def test_the_workload_leads_a_process_group_in_the_inits_session(root: Path) -> None:
+    # Not a session of its own: a session leader's exit would hang the console up and lose
+    # the output the UART had not sent (native/init/README.md).
+    script = "read pid comm state ppid pgrp sid rest < /proc/$$/stat; echo $pid $pgrp $sid"
+    status, out, err = boot(root, workload("sh", "-c", script))
+    assert status == POWERED_OFF, err
+    pid, pgrp, sid = out.split()
+    assert pgrp == pid != "1"
+    assert sid == "1"
+    assert "controlling terminal" not in err  # stdin is a pipe here: nothing to say
+    assert reported(err) == 0
+
+
 def test_missing_program_is_127(root: Path) -> None:
     status, _, err = boot(root, workload("/no/such/program"))
     assert status == POWERED_OFF
