@@ -7,6 +7,9 @@ VM file that this build cannot run yet are refused before anything is created.
 
 from __future__ import annotations
 
+import functools
+import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -15,17 +18,29 @@ from typing import BinaryIO
 
 import attrs
 
-from runner.arch.x86_64 import acpi, boot_params, cpuid, gdt, layout, mptable, msrs, page_tables
-from runner.boot import cmdline
+from runner.arch.x86_64 import (
+    acpi,
+    boot_params,
+    cpuid,
+    gdt,
+    layout,
+    mptable,
+    msrs,
+    page_tables,
+    pvh,
+)
+from runner.boot import cmdline, krunfw
 from runner.boot.loader import KernelImageError, LoadedKernel, load_kernel
 from runner.config.model import InitramfsRoot, VmResources
 from runner.config.problems import Problem
-from runner.devices.bus import IoBus
-from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial
+from runner.devices.bus import IoBus, MmioBus
+from runner.devices.ioapic import MMIO_SIZE as IOAPIC_MMIO_SIZE
+from runner.devices.ioapic import IoApic
+from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, serial_input
 from runner.guest.initramfs import GuestImageError, guest_initramfs
 from runner.guest.kernel import default_kernel
 from runner.kvm.memory import GuestMemory
-from runner.kvm.native import CpuidEntry
+from runner.kvm.native import Cap, CpuidEntry
 from runner.kvm.system import Kvm
 from runner.kvm.vcpu import Vcpu
 from runner.kvm.vm import Vm
@@ -57,6 +72,8 @@ class Machine:
     debug: guest_ports.DebugPort
     serials: list[serial.Serial8250]
     resources: ExitStack
+    mmio_bus: MmioBus = attrs.Factory(MmioBus)
+    ioapic: IoApic | None = None  # the user-space I/O APIC of a split irqchip
 
     def close(self) -> None:
         for uart in self.serials:
@@ -84,19 +101,10 @@ def not_built_yet(resources: VmResources) -> list[Problem]:
                 "= true and add a serial console",
             )
         )
-    if resources.machine.split_irqchip:
-        problems.append(
-            Problem(("machine", "split_irqchip"), "a user-space IOAPIC is not built yet")
-        )
     if not isinstance(resources.root, InitramfsRoot):
         problems.append(Problem(("root",), "only the initramfs root is built yet"))
     if resources.firmware:
         problems.append(Problem(("firmware",), "booting through firmware is not built yet"))
-    for index, port in enumerate(resources.serial_consoles):
-        if port.input != "null":
-            problems.append(
-                Problem(("serial_consoles", index, "input"), "serial input is not built yet")
-            )
     return problems
 
 
@@ -106,7 +114,8 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
         kvm = stack.enter_context(_open(Kvm))
         vm = stack.enter_context(kvm.create_vm())
         mem_size = resources.machine.mem_size_mib * layout.MIB
-        _create_irqchip(vm)
+        split_irqchip = resources.machine.split_irqchip
+        _create_irqchip(vm, split_irqchip)
         memory = stack.enter_context(GuestMemory(boot_params.memory_regions(mem_size)))
         vm.map_memory(memory)
 
@@ -122,23 +131,19 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
                 f"the kernel takes {kernel.cmdline_size} bytes of command line, not {len(text)}"
             )
         _write(memory, layout.CMDLINE_START, text.encode() + b"\0", "command line")
-        zero_page = boot_params.zero_page(
-            kernel.setup_header,
-            e820=boot_params.e820_map(mem_size),
-            cmdline_len=len(text),
-            initrd=initrd,
-        )
-        writes = [(layout.ZERO_PAGE_START, zero_page), *gdt.boot_gdt_writes()]
+        writes = _entry_writes(kernel, mem_size, len(text), initrd)
         vcpu_count = resources.machine.vcpu_count
-        writes += page_tables.page_table_writes() + mptable.mptable_writes(vcpu_count)
+        writes += mptable.mptable_writes(vcpu_count)
         # Kernels without MP-table parsing (Debian's cloud kernel) find the vCPUs, the IOAPIC
         # and the legacy devices' interrupts only in the ACPI tables.
-        writes += acpi.acpi_tables(vcpu_count)
+        writes += acpi.acpi_tables(vcpu_count, legacy_pic=not split_irqchip)
         for gpa, data in writes:
             _write(memory, gpa, data, "boot tables")
 
         # One KVM_GET_SUPPORTED_CPUID for all vCPUs: each gets its own copy filtered from it.
         supported = [cpuid.CpuidEntry(*entry) for entry in kvm.get_supported_cpuid()]
+        if kvm.check_extension(Cap.TSC_DEADLINE_TIMER):
+            supported = cpuid.with_tsc_deadline(supported)
         vcpus = [
             _create_vcpu(supported, vm, resources, index, kernel)
             for index in range(resources.machine.vcpu_count)
@@ -146,6 +151,8 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
         machine = Machine(
             vm, memory, vcpus, IoBus(), [], [], guest_ports.DebugPort(), [], stack.pop_all()
         )
+        if split_irqchip:  # the I/O APIC's id is the one the MADT gives it
+            machine.ioapic = IoApic(vm, apic_id=vcpu_count)
     try:
         _attach_devices(machine, resources)
     except BaseException:
@@ -161,9 +168,17 @@ def _open(kvm_class: type[Kvm]) -> Kvm:
         raise BuildError(f"cannot open /dev/kvm: {exc}") from exc
 
 
-def _create_irqchip(vm: Vm) -> None:
+def _create_irqchip(vm: Vm, split: bool) -> None:
+    """The in-kernel PIC, I/O APIC and PIT; or, split, only the local APICs (the I/O APIC is
+    vmrun's). No PIT then: KVM_CREATE_PIT2 is documented for an in-kernel irqchip, its
+    interrupt would bypass the user-space I/O APIC through GSI 0's route and its reinjection
+    waits for in-kernel EOIs; the guest (hardware-reduced ACPI) runs on the local APIC timer
+    and kvm-clock anyway."""
     vm.set_tss_addr(TSS_ADDRESS)
     vm.set_identity_map_addr(IDENTITY_MAP_ADDRESS)
+    if split:
+        vm.enable_split_irqchip()
+        return
     vm.create_irqchip()
     vm.create_pit2()
 
@@ -176,14 +191,40 @@ def _write(memory: GuestMemory, gpa: int, data: bytes, what: str) -> None:
 
 
 def _load_kernel(resources: VmResources) -> LoadedKernel:
+    bundle = resources.kernel_bundle
+    if bundle is not None:
+        try:
+            return krunfw.load_bundle(bundle.library, bundle.guest_addr)
+        except krunfw.KrunfwError as exc:
+            raise BuildError(f"kernel_bundle: {exc}") from exc
     path = Path(resources.kernel.path) if resources.kernel.path else default_kernel().image
     try:
-        kernel = load_kernel(path.read_bytes(), resources.kernel.format, name=str(path))
+        return load_kernel(path.read_bytes(), resources.kernel.format, name=str(path))
     except (KernelImageError, OSError) as exc:
         raise BuildError(str(exc)) from exc
-    if kernel.kind == "pvh":
-        raise BuildError(f"{path}: booting through the PVH entry is not built yet")
-    return kernel
+
+
+def _entry_writes(
+    kernel: LoadedKernel, mem_size: int, cmdline_len: int, initrd: boot_params.Initrd
+) -> list[tuple[int, bytes]]:
+    """What the kernel's entry reads: for the PVH entry an hvm_start_info and a 32-bit GDT
+    (the kernel builds its own page tables); for the 64-bit entry the zero page, a GDT and
+    identity page tables."""
+    e820 = boot_params.e820_map(mem_size)
+    try:
+        if kernel.kind == "pvh":
+            # The RSDP is the first of the ACPI tables.
+            info = pvh.start_info_writes(
+                e820, cmdline_addr=layout.CMDLINE_START, rsdp_addr=acpi.ACPI_ADDRESS, initrd=initrd
+            )
+            return info + gdt.boot_gdt_writes(gdt.PVH_GDT)
+        zero_page = boot_params.zero_page(
+            kernel.setup_header, e820=e820, cmdline_len=cmdline_len, initrd=initrd
+        )
+    except (pvh.PvhError, boot_params.BootParamsError) as exc:
+        raise BuildError(str(exc)) from exc
+    writes = [(layout.ZERO_PAGE_START, zero_page), *gdt.boot_gdt_writes()]
+    return writes + page_tables.page_table_writes()
 
 
 def _place_initramfs(
@@ -199,7 +240,9 @@ def _place_initramfs(
         raise BuildError(str(exc)) from exc
     top = min(mem_size, layout.MMIO_GAP_START)
     address = (top - len(image)) & ~(layout.KIB * 4 - 1)
-    kernel_end = layout.KERNEL_START + kernel.init_size
+    # init_size counts from the kernel's lowest segment: 1 MiB for a bzImage, where its
+    # headers say for an ELF vmlinux (16 MiB for Linux's), the bundle's load address.
+    kernel_end = kernel.segments[0].guest_addr + kernel.init_size
     if address < kernel_end:
         need = -(-(kernel_end + len(image) + layout.GUEST_WORKING_SET) // layout.MIB)
         raise BuildError(
@@ -258,16 +301,22 @@ def _set_lint(vcpu: Vcpu) -> None:
 
 
 def _set_boot_registers(vcpu: Vcpu, kernel: LoadedKernel) -> None:
-    """Long mode, flat segments, the boot page tables; rsi points at the zero page."""
+    """The 64-bit entry: long mode, flat segments, the boot page tables, rsi at the zero page.
+    The PVH entry: 32-bit protected mode without paging, flat segments, ebx at the
+    hvm_start_info."""
+    pvh_entry = kernel.kind == "pvh"
     sregs = vcpu.get_sregs()
-    segments = gdt.boot_segments()
+    segments = gdt.boot_segments(gdt.PVH_GDT if pvh_entry else gdt.BOOT_GDT)
     for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr"):
         target = getattr(sregs, name)
         for field, value in attrs.asdict(getattr(segments, name)).items():
             setattr(target, field, value)
     sregs.gdt.base, sregs.gdt.limit = segments.gdt.base, segments.gdt.limit
     sregs.idt.base, sregs.idt.limit = segments.idt.base, segments.idt.limit
-    control = page_tables.long_mode_registers(sregs.cr0, sregs.cr4, sregs.efer)
+    if pvh_entry:
+        control = pvh.ENTRY_CONTROL
+    else:
+        control = page_tables.long_mode_registers(sregs.cr0, sregs.cr4, sregs.efer)
     sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = (
         control.cr0,
         control.cr3,
@@ -276,10 +325,13 @@ def _set_boot_registers(vcpu: Vcpu, kernel: LoadedKernel) -> None:
     )
     vcpu.set_sregs(sregs)
     regs = vcpu.get_regs()
-    regs.rflags = 0x2
+    regs.rflags = 0x2  # bit 1 is always set; IF, TF and VM clear
     regs.rip = kernel.entry
-    regs.rsp = regs.rbp = layout.BOOT_STACK_POINTER
-    regs.rsi = layout.ZERO_PAGE_START
+    if pvh_entry:
+        regs.rbx = layout.PVH_INFO_START
+    else:
+        regs.rsp = regs.rbp = layout.BOOT_STACK_POINTER
+        regs.rsi = layout.ZERO_PAGE_START
     vcpu.set_regs(regs)
     fpu = vcpu.get_fpu()
     fpu.fcw = 0x37F
@@ -288,13 +340,16 @@ def _set_boot_registers(vcpu: Vcpu, kernel: LoadedKernel) -> None:
 
 
 def _attach_devices(machine: Machine, resources: VmResources) -> None:
-    bus, vm = machine.io_bus, machine.vm
+    bus = machine.io_bus
+    if machine.ioapic is not None:
+        machine.mmio_bus.insert(layout.IOAPIC_START, IOAPIC_MMIO_SIZE, machine.ioapic)
     for index, port in enumerate(resources.serial_consoles):
         base, irq = serial.COM_PORTS[index]
         sink = _output(port.output, machine.resources)
-        uart = serial.Serial8250(sink, _edge(vm, irq))
+        uart = serial.Serial8250(sink, _edge(machine, irq))
         machine.serials.append(uart)
         bus.insert(base, serial.PORT_COUNT, uart)
+        _connect_input(port.input, uart, f"ttyS{index}", machine.resources)
     bus.insert(
         i8042.DATA_PORT, i8042.PORT_SPAN, i8042.I8042(lambda: machine.events.append("reset"))
     )
@@ -310,14 +365,42 @@ def _attach_devices(machine: Machine, resources: VmResources) -> None:
     bus.insert(guest_ports.DEBUG_PORT, 1, machine.debug)
 
 
-def _edge(vm: Vm, irq: int) -> Callable[[], None]:
-    """An ISA interrupt: a rising edge on the in-kernel PIC and IOAPIC pin."""
+def _edge(machine: Machine, irq: int) -> Callable[[], None]:
+    """An ISA interrupt: a rising edge on I/O APIC pin `irq` (ISA IRQs are identity-mapped),
+    the user-space one with a split irqchip, else the in-kernel PIC and I/O APIC."""
+    if machine.ioapic is not None:
+        return functools.partial(machine.ioapic.raise_edge, irq)
+    vm = machine.vm
 
     def pulse() -> None:
         vm.irq_line(irq, 1)
         vm.irq_line(irq, 0)
 
     return pulse
+
+
+def _connect_input(name: str, uart: serial.Serial8250, port: str, stack: ExitStack) -> None:
+    """The UART's input from vmrun's stdin (a terminal passes keys to the guest) or a file."""
+    if name == "null":
+        return
+    if name == "stdin":
+        fd = 0
+        try:
+            os.fstat(fd)
+        except OSError as exc:
+            raise BuildError(f"{port}'s input is stdin, which is closed") from exc
+        if os.isatty(fd):
+            stack.enter_context(serial_input.terminal_for_guest(fd))
+    else:
+        try:  # non-blocking: a FIFO without a writer yet must not hold the boot up
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise BuildError(f"{port}'s input {name}: {exc.strerror}") from exc
+        stack.callback(os.close, fd)
+    named_fifo = name != "stdin" and stat.S_ISFIFO(os.fstat(fd).st_mode)
+    feeder = serial_input.SerialInput(fd, uart, port, wait_for_writers=named_fifo)
+    stack.callback(feeder.close)
+    feeder.start()
 
 
 def _output(name: str, stack: ExitStack) -> BinaryIO | None:

@@ -6,9 +6,9 @@ with these messages instead of silently leaving a device out.
 
 from __future__ import annotations
 
-import ctypes
 import os
 
+from runner.boot.krunfw import KrunfwError, open_library
 from runner.config.model import VmResources
 from runner.config.problems import Problem
 
@@ -35,13 +35,10 @@ def unsupported_features(resources: VmResources) -> list[Problem]:
         )
     if resources.tee_config:
         problems.append(Problem(("tee_config",), _tee_refusal(resources.tee_config.tee)))
-    if resources.kernel_bundle and not _library_present(resources.kernel_bundle.library):
-        problems.append(
-            Problem(
-                ("kernel_bundle", "library"),
-                f"{resources.kernel_bundle.library} is not installed on this host",
-            )
-        )
+    if resources.kernel_bundle:
+        missing = _library_problem(resources.kernel_bundle.library)
+        if missing:
+            problems.append(Problem(("kernel_bundle", "library"), missing))
     return problems
 
 
@@ -52,11 +49,11 @@ def _tee_refusal(tee: str) -> str:
     return f"{tee} TEE guests are not supported by this vmrun build"
 
 
-def _library_present(library: str) -> bool:
+def _library_problem(library: str) -> str | None:
     # Paths were resolved and checked by the loader; a soname is looked up exactly as the
     # builder will load it (find_library would ignore the version in `libkrunfw.so.4`).
     try:
-        ctypes.CDLL(library)
-    except OSError:
-        return False
-    return True
+        open_library(library)
+    except KrunfwError as exc:
+        return str(exc)
+    return None

@@ -127,8 +127,16 @@ class Vmm:
             return None
         if reason is ExitReason.MMIO:
             mmio = exit_.mmio
-            if not mmio.is_write:  # no MMIO device yet: reads see zeros
-                exit_.complete_mmio_read(bytes(len(mmio.data)))
+            size = len(mmio.data)
+            if mmio.is_write:
+                machine.mmio_bus.write(mmio.address, size, int.from_bytes(mmio.data, "little"))
+            else:  # addresses nobody claims read as zeros
+                value = machine.mmio_bus.read(mmio.address, size)
+                exit_.complete_mmio_read(value.to_bytes(size, "little"))
+            return None
+        if reason is ExitReason.IOAPIC_EOI:  # split irqchip: a level vector's EOI
+            if machine.ioapic is not None:
+                machine.ioapic.end_of_interrupt(exit_.eoi)
             return None
         if reason in (ExitReason.INTR, ExitReason.HLT):
             return None

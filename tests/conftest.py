@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import guest_kernels
 import pytest
 
 from runner.cache import cache_dir
@@ -56,6 +57,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# trylast: after `-m` and `-k` have deselected, so `-m 'not boot'` starts no emulated host.
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     boot = [item for item in items if item.get_closest_marker("boot")]
     if boot and not os.environ.get(INSIDE_ENV) and not kvm_status().usable:
@@ -84,6 +87,38 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def _provision_other_kernels(reporter: pytest.TerminalReporter, bzimage: Path) -> None:
+    # Tests that need them say so themselves (a skip, a failure under CI) when they are
+    # missing; the other boot tests run without them.
+    for what, make in (
+        ("the PVH vmlinux", lambda: guest_kernels.pvh_vmlinux(bzimage)),
+        ("libkrunfw", lambda: guest_kernels.libkrunfw(download=True)),
+    ):
+        try:
+            make()
+        except (guest_kernels.Unavailable, OSError) as exc:
+            reporter.write_line(f"boot tests: cannot provision {what}: {exc}", yellow=True)
+
+
+@pytest.fixture
+def pvh_vmlinux() -> Path:
+    """An ELF vmlinux with a PVH entry note: the default kernel's, out of its bzImage."""
+    try:
+        return guest_kernels.pvh_vmlinux(default_kernel().image)
+    except (guest_kernels.Unavailable, PackageError, OSError) as exc:
+        pytest.skip(f"no PVH vmlinux: {exc}")
+
+
+@pytest.fixture
+def libkrunfw() -> Path:
+    """A libkrunfw.so.5 (from the boxlite wheel): downloaded here unless inside the
+    emulated host, which has no network and uses what the outer session provisioned."""
+    try:
+        return guest_kernels.libkrunfw(download=not os.environ.get(INSIDE_ENV))
+    except (guest_kernels.Unavailable, OSError) as exc:
+        pytest.skip(f"no libkrunfw: {exc}")
+
+
 class NotRun(NamedTuple):
     reason: str
     skippable: bool  # the harness could not start here: a skip, but never under CI
@@ -99,10 +134,12 @@ def _run_in_emulated_host(
     if why_not is None:
         try:
             # The emulated host has no network: download here what boot tests build guests from.
-            default_kernel()
+            kernel = default_kernel()
             debian.fetch("busybox-static")
         except PackageError as exc:
             why_not = f"cannot provision what boot tests need: {exc}"
+        else:
+            _provision_other_kernels(reporter, kernel.image)
     if why_not:
         reporter.write_sep("!", f"{len(nodeids)} BOOT TESTS CANNOT RUN: {why_not}", red=True)
         return {}, NotRun(why_not, skippable=True)

@@ -173,6 +173,44 @@ struct kvm_enable_cap {
     ...;
 };
 
+struct kvm_msi {
+    __u32 address_lo;
+    __u32 address_hi;
+    __u32 data;
+    __u32 flags;
+    __u32 devid;
+    ...;
+};
+
+struct kvm_irq_routing_msi {
+    __u32 address_lo;
+    __u32 address_hi;
+    __u32 data;
+    ...;
+};
+
+/* kvm_irq_routing_entry's `u` is an anonymous union: named in PREAMBLE, like kvm_run's
+ * members below. Only the MSI member is declared; the others are left to `...`. */
+typedef union {
+    struct kvm_irq_routing_msi msi;
+    ...;
+} vmrun_irq_routing_u;
+
+struct kvm_irq_routing_entry {
+    __u32 gsi;
+    __u32 type;
+    __u32 flags;
+    vmrun_irq_routing_u u;
+    ...;
+};
+
+struct kvm_irq_routing {
+    __u32 nr;
+    __u32 flags;
+    struct kvm_irq_routing_entry entries[];
+    ...;
+};
+
 /* The members of kvm_run's exit union are anonymous structs, and cffi cannot ask the compiler
  * for the layout of an anonymous nested struct (it would compute the offsets itself). So each
  * one gets a name, a typedef of __typeof__ in PREAMBLE, and is declared here by that name. */
@@ -243,6 +281,11 @@ typedef struct {
     ...;
 } vmrun_run_msr;
 
+typedef struct {
+    __u8 vector;
+    ...;
+} vmrun_run_eoi;
+
 /* The vCPU's shared page, mmap'd from the vCPU fd. Only the exit-union members that vmrun
  * reads are declared; the union's other members and the sync-regs area are left to `...`. */
 struct kvm_run {
@@ -264,6 +307,7 @@ struct kvm_run {
         vmrun_run_internal internal;
         vmrun_run_system_event system_event;
         vmrun_run_msr msr;
+        vmrun_run_eoi eoi;
     };
     ...;
 };
@@ -288,6 +332,8 @@ static const unsigned long KVM_SET_USER_MEMORY_REGION;
 static const unsigned long KVM_IRQ_LINE;
 static const unsigned long KVM_IRQFD;
 static const unsigned long KVM_IOEVENTFD;
+static const unsigned long KVM_SIGNAL_MSI;
+static const unsigned long KVM_SET_GSI_ROUTING;
 static const unsigned long KVM_CREATE_VCPU;
 
 /* vCPU fd */
@@ -317,6 +363,7 @@ static const unsigned long KVM_SET_LAPIC;
 #define KVM_IOEVENTFD_FLAG_DATAMATCH ...
 #define KVM_IOEVENTFD_FLAG_PIO ...
 #define KVM_IOEVENTFD_FLAG_DEASSIGN ...
+#define KVM_IRQ_ROUTING_MSI ...
 
 #define KVM_EXIT_IO_IN ...
 #define KVM_EXIT_IO_OUT ...
@@ -422,6 +469,8 @@ typedef VMRUN_RUN_MEMBER(hypercall) vmrun_run_hypercall;
 typedef VMRUN_RUN_MEMBER(internal) vmrun_run_internal;
 typedef VMRUN_RUN_MEMBER(system_event) vmrun_run_system_event;
 typedef VMRUN_RUN_MEMBER(msr) vmrun_run_msr;
+typedef VMRUN_RUN_MEMBER(eoi) vmrun_run_eoi;
+typedef __typeof__(((struct kvm_irq_routing_entry *)0)->u) vmrun_irq_routing_u;
 """
 
 

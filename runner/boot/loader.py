@@ -9,7 +9,7 @@ Formats (`KernelConfig.format`, the names libkrun gives them):
 - `bzimage`: the Linux/x86 boot protocol image (vmlinuz), booted through its 64-bit entry;
   see runner/boot/bzimage.py for the protocol facts used.
 - `elf`: an uncompressed vmlinux, loaded at its physical addresses; with a Xen
-  PHYS32_ENTRY note it is booted through PVH instead. See runner/boot/elf.py.
+  PHYS32_ENTRY note it is booted through its PVH entry instead. See runner/boot/elf.py.
 - `image_gz`, `image_bz2`, `image_zstd`: one of the two above, compressed. As in libkrun, the
   stream starts at the first occurrence of its magic (gzip 1f 8b 08, bzip2 "BZh" + level +
   block magic, zstd 28 b5 2f fd), usually offset 0.
@@ -76,12 +76,12 @@ class Segment:
 class LoadedKernel:
     """What to copy into guest memory and how to enter it.
 
-    kind: `bzimage` and `elf` (and `raw`, booted as `elf` is) start in 64-bit mode at `entry`
-    with boot_params in the zero page; `pvh` starts in 32-bit protected mode at `entry` with
-    an hvm_start_info.
+    kind: `bzimage` and `elf` (and `raw` and `krunfw`, a libkrunfw bundle, booted as `elf`
+    is) start in 64-bit mode at `entry` with boot_params in the zero page; `pvh` starts in
+    32-bit protected mode at `entry` with an hvm_start_info (runner/arch/x86_64/pvh.py).
     """
 
-    kind: Literal["bzimage", "elf", "pvh", "raw"]
+    kind: Literal["bzimage", "elf", "pvh", "raw", "krunfw"]
     segments: tuple[Segment, ...]
     entry: int
     setup_header: bytes | None  # bzImage: 0x1f1 up to its end, to copy into the zero page

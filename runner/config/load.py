@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import attrs
 
-from runner.config import convert
+from runner.config import convert, schema_memo
 from runner.config.checks import semantic_problems
 from runner.config.model import VmResources
 from runner.config.paths import path_problems, resolve_paths
@@ -65,9 +65,11 @@ def load(path: str) -> VmFile:
     """Load and check the VM file at `path`; raises ConfigError listing every problem."""
     source = _read(path)
     document = _parse(source)
-    problems = schema_problems(document)
-    if problems:
-        raise source.fail(problems)
+    if not schema_memo.passed_before(source.kind, source.text):
+        problems = schema_problems(document)
+        if problems:
+            raise source.fail(problems)
+        schema_memo.remember_passed(source.kind, source.text)
     document.pop("$schema", None)
     try:
         resources = convert.structure(document)

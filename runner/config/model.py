@@ -49,8 +49,8 @@ class MachineConfig:
     )
     nested: bool = setting("Expose vmx/svm so the guest can run its own VMs.", False)
     split_irqchip: bool = setting(
-        "Emulate the IOAPIC and PIC in vmrun instead of in KVM "
-        "(only the LAPIC stays in the kernel).",
+        "Emulate the I/O APIC in vmrun instead of in KVM, which keeps only the local APICs "
+        "(KVM's split irqchip; there is no 8259 PIC then).",
         False,
     )
 

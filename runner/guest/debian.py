@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from runner.cache import cache_dir
@@ -96,7 +95,10 @@ def _fetch_from_apt(package: str) -> tuple[Path, int, str]:
 
 
 def _download(url: str, target: Path, size: int, sha256: str, label: str) -> None:
-    from tqdm import tqdm  # only when something is downloaded
+    # Only when something is downloaded: a run from the cache is spared their import.
+    import urllib.request
+
+    from tqdm import tqdm
 
     digest = hashlib.sha256()
     fd, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 # The version string the compiled module must carry: native/kvm/vmrun_kvm.c says the same.
 # A mismatch means the module was built from other sources than this Python code expects.
-NATIVE_VERSION = "vmrun-kvm 1"
+NATIVE_VERSION = "vmrun-kvm 2"
 
 # KVM_GET_API_VERSION: 12 since Linux 2.6.22, and the kernel documents that it will not change.
 KVM_API_VERSION = 12
@@ -99,6 +99,8 @@ class Ioctl(IntEnum):
     IRQ_LINE = lib.KVM_IRQ_LINE
     IRQFD = lib.KVM_IRQFD
     IOEVENTFD = lib.KVM_IOEVENTFD
+    SIGNAL_MSI = lib.KVM_SIGNAL_MSI
+    SET_GSI_ROUTING = lib.KVM_SET_GSI_ROUTING
     CREATE_VCPU = lib.KVM_CREATE_VCPU
     RUN = lib.KVM_RUN
     GET_REGS = lib.KVM_GET_REGS

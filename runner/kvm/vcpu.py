@@ -141,6 +141,12 @@ class VcpuExit:
         ffi.memmove(mmio.data, data, len(data))
 
     @property
+    def eoi(self) -> int:
+        """For ExitReason.IOAPIC_EOI (split irqchip): the vector whose EOI the guest wrote, one
+        that a level-triggered MSI route of a user-space I/O APIC pin names."""
+        return self._run(ExitReason.IOAPIC_EOI).eoi.vector
+
+    @property
     def hypercall(self) -> Hypercall:
         call = self._run(ExitReason.HYPERCALL).hypercall
         return Hypercall(call.nr, tuple(call.args), call.longmode)

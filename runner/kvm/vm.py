@@ -10,6 +10,14 @@ Kernel facts (STYLE 15, Documentation/virt/kvm/api.rst):
   the VM.
 - irqfd and ioeventfd take eventfds that stay owned by the caller: KVM holds its own
   reference while the binding exists.
+- With a split irqchip (KVM_CAP_SPLIT_IRQCHIP, N pins) user space delivers I/O APIC
+  interrupts as MSIs (KVM_SIGNAL_MSI), and KVM reports the EOI of a level-triggered one as
+  KVM_EXIT_IOAPIC_EOI only for vectors it finds by scanning the GSI routing table: MSI routes
+  of GSIs 0..N-1 with the level trigger bit (arch/x86/kvm kvm_scan_ioapic_routes, rescanned on
+  every KVM_SET_GSI_ROUTING). So the user-space I/O APIC keeps such routes mirroring its
+  redirection table even though it never raises those GSIs.
+- KVM_SIGNAL_MSI returns how many local APICs took the interrupt; 0 when it was coalesced with
+  one still pending, and -1 (read by user space as EPERM) when no local APIC matched.
 - Every fd KVM hands out (VM, vCPU) is already O_CLOEXEC.
 """
 
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable
 
 from runner.kvm.memory import GuestMemory
 from runner.kvm.native import Cap, Ioctl, KvmError, ffi, ioctl, ioctl_val, lib
@@ -114,6 +123,33 @@ class Vm:
         request.irq = irq
         request.level = level
         ioctl(self._fd, Ioctl.IRQ_LINE, request)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """Deliver one MSI (KVM_SIGNAL_MSI; needs an in-kernel or split irqchip): the number
+        of local APICs that took it, 0 when none did (coalesced, or no APIC matched)."""
+        msi = ffi.new("struct kvm_msi *")
+        msi.address_lo = address & 0xFFFF_FFFF
+        msi.address_hi = address >> 32
+        msi.data = data
+        try:
+            return ioctl(self._fd, Ioctl.SIGNAL_MSI, msi)
+        except KvmError as exc:
+            if exc.errno == errno.EPERM:  # KVM's -1: no local APIC matched the destination
+                return 0
+            raise
+
+    def set_gsi_routing(self, routes: Iterable[tuple[int, int, int]]) -> None:
+        """Replace the whole GSI routing table (KVM_SET_GSI_ROUTING) with MSI routes, each
+        (gsi, address, data)."""
+        routes = list(routes)
+        table = ffi.new("struct kvm_irq_routing *", {"nr": len(routes), "entries": len(routes)})
+        for entry, (gsi, address, data) in zip(table.entries, routes, strict=True):
+            entry.gsi = gsi
+            entry.type = lib.KVM_IRQ_ROUTING_MSI
+            entry.u.msi.address_lo = address & 0xFFFF_FFFF
+            entry.u.msi.address_hi = address >> 32
+            entry.u.msi.data = data
+        ioctl(self._fd, Ioctl.SET_GSI_ROUTING, table)
 
     def irqfd(self, eventfd: int, gsi: int, *, resample_fd: int | None = None) -> None:
         """A write to `eventfd` raises `gsi`; with resample_fd, level-triggered: KVM signals

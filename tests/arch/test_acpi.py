@@ -194,6 +194,19 @@ def test_madt(vcpus: int) -> None:
     assert not [e for e in entries if e[0] == "override"]
 
 
+def test_madt_without_a_legacy_pic() -> None:
+    """A split irqchip has no 8259: PCAT_COMPAT is clear, the entries are the same."""
+    with_pic = acpi.acpi_tables(2)
+    without = acpi.acpi_tables(2, legacy_pic=False)
+    assert [gpa for gpa, _ in without] == [gpa for gpa, _ in with_pic]
+    assert without[:-1] == with_pic[:-1]  # only the MADT differs
+    madt = table(memory(without), without[-1][0])
+    assert (madt["signature"], madt["sum"]) == (b"APIC", 0)
+    fixed, entries = madt_entries(madt)
+    assert fixed == (0xFEE0_0000, 0)
+    assert entries == madt_entries(chain(2)["madt"])[1]
+
+
 def test_dsdt_legacy_devices() -> None:
     aml = chain(1)["dsdt"]["body"]
     assert aml[:1] == b"\x10"  # Scope

@@ -77,6 +77,17 @@ def test_hypervisor_bit_and_kvm_signature() -> None:
     assert signature == b"KVMKVMKVM\0\0\0"
 
 
+def test_tsc_deadline_bit_is_added_to_leaf_1_only() -> None:
+    # KVM reports the bit as a capability, not in leaf 1: clear it as KVM does.
+    before = [
+        attrs.evolve(e, ecx=e.ecx & ~(1 << 24)) if e.function == 0x1 else e for e in supported()
+    ]
+    after = cpuid.with_tsc_deadline(before)
+    assert leaf(after, 0x1).ecx == leaf(before, 0x1).ecx | (1 << 24)
+    assert [e for e in after if e.function != 0x1] == [e for e in before if e.function != 0x1]
+    assert leaf(cpuid.vcpu_cpuid(after, 1, 2), 0x1).ecx & (1 << 24)  # kept per vCPU
+
+
 def test_topology_without_ht() -> None:
     table = cpuid.vcpu_cpuid(supported(), 3, 4, ht_enabled=False)
     smt, core = leaf(table, 0xB, 0), leaf(table, 0xB, 1)

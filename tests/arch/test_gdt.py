@@ -57,10 +57,42 @@ def test_boot_segments() -> None:
     assert (s.idt.base, s.idt.limit) == (0x520, 7)
 
 
+def test_pvh_descriptor_values() -> None:
+    # Firecracker's PVH GDT (regs.rs): 32-bit code 0xc09b, data 0xc093, TSS 0x008b limit 0x67.
+    assert [hex(e) for e in gdt.PVH_GDT] == [
+        "0x0",
+        "0xcf9b000000ffff",
+        "0xcf93000000ffff",
+        "0x8b0000000067",
+    ]
+    assert gdt.gdt_bytes(gdt.PVH_GDT) == bytes.fromhex(
+        "0000000000000000 ffff0000009bcf00 ffff00000093cf00 67000000008b0000"
+    )
+
+
+def test_pvh_segments() -> None:
+    # The PVH ABI: flat 32-bit code and data (base 0, limit 0xffffffff), a 32-bit busy TSS of
+    # limit 0x67.
+    s = gdt.boot_segments(gdt.PVH_GDT)
+    assert (s.cs.selector, s.ds.selector, s.tr.selector) == (0x08, 0x10, 0x18)
+    assert (s.cs.base, s.cs.limit, s.cs.type, s.cs.db, s.cs.l, s.cs.g) == (
+        0, 0xFFFF_FFFF, 0xB, 1, 0, 1,
+    )  # fmt: skip
+    for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
+        assert (seg.base, seg.limit, seg.type, seg.db, seg.l, seg.g) == (0, 0xFFFF_FFFF, 3, 1, 0, 1)
+    assert (s.tr.base, s.tr.limit, s.tr.type, s.tr.s, s.tr.present, s.tr.g) == (
+        0, 0x67, 0xB, 0, 1, 0,
+    )  # fmt: skip
+    assert (s.gdt.base, s.gdt.limit) == (layout.BOOT_GDT_START, 31)
+    writes = gdt.boot_gdt_writes(gdt.PVH_GDT)
+    assert writes[0] == (layout.BOOT_GDT_START, gdt.gdt_bytes(gdt.PVH_GDT))
+
+
+@pytest.mark.parametrize("table", [gdt.BOOT_GDT, gdt.PVH_GDT], ids=["64-bit", "pvh"])
 @pytest.mark.parametrize("index", range(4))
-def test_segment_matches_its_entry(index: int) -> None:
+def test_segment_matches_its_entry(table: tuple[int, ...], index: int) -> None:
     """Rebuilding an entry from its decoded segment gives the same u64."""
-    entry = gdt.BOOT_GDT[index]
+    entry = table[index]
     seg = gdt.segment_from_gdt_entry(entry, index)
     flags = (
         seg.type

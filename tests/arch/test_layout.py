@@ -12,6 +12,9 @@ def low_memory_areas() -> dict[str, range]:
         "gdt": range(layout.BOOT_GDT_START, layout.BOOT_GDT_START + len(gdt.gdt_bytes())),
         "idt": range(layout.BOOT_IDT_START, layout.BOOT_IDT_START + 8),
         "zero page": range(layout.ZERO_PAGE_START, layout.ZERO_PAGE_START + 4096),
+        "pvh start info": range(layout.PVH_INFO_START, layout.PVH_INFO_START + 56),
+        "pvh module list": range(layout.PVH_MODLIST_START, layout.PVH_MODLIST_START + 32),
+        "pvh memory map": range(layout.PVH_MEMMAP_START, layout.PVH_MEMMAP_END),
         "stack": range(layout.BOOT_STACK_POINTER - 0x800, layout.BOOT_STACK_POINTER),
         "cmdline": range(layout.CMDLINE_START, layout.CMDLINE_START + layout.CMDLINE_MAX_BYTES),
         "mptable": range(

@@ -89,6 +89,41 @@ def test_output_reaches_stdout_whole_and_as_written(tmp_path: Path) -> None:
     assert result.stdout == b"".join(b"%d\n" % n for n in range(1, 4001)) + b"end"
 
 
+def test_serial_input_from_stdin_and_from_a_file(tmp_path: Path) -> None:
+    # ttyS0 reads vmrun's stdin (a pipe here), ttyS1 a file beside the VM file. The guest's
+    # tty echoes what it reads on ttyS0, as a serial line's would.
+    (tmp_path / "typed.txt").write_text("from a file\n")
+    vm = tmp_path / "vm.toml"
+    vm.write_text(
+        VM.format(vcpus=2, mem=256, extra="").replace(
+            '[{ output = "stdout" }]',
+            '[{ input = "stdin", output = "stdout" }, { input = "typed.txt", output = "null" }]',
+        )
+    )
+    script = 'read a; read b < /dev/ttyS1; echo "[$a] [$b]"'
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "run", "--host", "kvm", str(vm),
+         "--", "/bin/sh", "-c", script],
+        input="hello\n", capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[hello] [from a file]"
+
+
+def test_split_irqchip_sends_the_serial_interrupts_through_vmrun_s_ioapic(tmp_path: Path) -> None:
+    # Local APICs in KVM, the I/O APIC in vmrun: the console's output is interrupt-driven
+    # (THRE), so all of it arriving says the I/O APIC's messages reach the guest, and the
+    # UART's line in /proc/interrupts is on the IO-APIC, pin 4, and has fired.
+    vm = vm_file(tmp_path, vcpus=2, extra="split_irqchip = true\n")
+    result = vmrun(vm, "/bin/sh", "-c", "cat /proc/interrupts; echo done")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\ndone\n"), result.stdout
+    line = next(line for line in result.stdout.splitlines() if line.endswith(" ttyS0"))
+    _irq, cpu0, cpu1, chip, pin, *_ = line.split()
+    assert (chip, pin) == ("IO-APIC", "4-edge"), line
+    assert int(cpu0) + int(cpu1) > 0, line
+
+
 def test_a_kernel_panic_ends_the_vm(tmp_path: Path) -> None:
     result = vmrun(vm_file(tmp_path), "/bin/sh", "-c", "echo c > /proc/sysrq-trigger")
     assert result.returncode == 125
@@ -107,6 +142,24 @@ def test_a_triple_fault_ends_the_vm(tmp_path: Path) -> None:
     result = vmrun(vm, "/bin/reboot", "-f")
     assert result.returncode == 125
     assert "vmrun: the guest triple-faulted (KVM_EXIT_SHUTDOWN)" in result.stderr
+
+
+def test_an_elf_vmlinux_boots_through_its_pvh_entry(tmp_path: Path, pvh_vmlinux: Path) -> None:
+    # The default kernel's own vmlinux, which carries the PVH note. Its boot_params are then
+    # the ones Linux's PVH code fills from the hvm_start_info: protocol 2.12 and loader type
+    # 0xb0 (PVH, not Xen), where a zero page from vmrun would say 0xff. nproc shows that it
+    # found the ACPI tables through rsdp_paddr, MemTotal that it read the memory map.
+    script = (
+        "cat /sys/kernel/boot_params/version; od -An -tx1 -j 528 -N1 /sys/kernel/boot_params/data;"
+        " nproc; grep MemTotal /proc/meminfo; echo pvh; exit 7"
+    )
+    extra = f'[kernel]\npath = "{pvh_vmlinux}"\nformat = "elf"\n'
+    result = vmrun(vm_file(tmp_path, vcpus=2, mem=256, extra=extra), "/bin/sh", "-c", script)
+    assert result.returncode == 7, result.stderr
+    version, loader, cpus, mem_line, said = result.stdout.split("\n")[:5]
+    assert (version, loader.strip(), cpus, said) == ("0x020c", "b0", "2", "pvh")
+    total_kib = int(mem_line.split()[1])
+    assert 256 * 1024 - (48 + 256 // 32) * 1024 < total_kib <= 256 * 1024
 
 
 def test_a_corrupt_kernel_is_a_clear_error(tmp_path: Path) -> None:

@@ -48,6 +48,11 @@ STRUCTS = [
     "struct kvm_irqfd",
     "struct kvm_ioeventfd",
     "struct kvm_enable_cap",
+    "struct kvm_msi",
+    "struct kvm_irq_routing_msi",
+    "vmrun_irq_routing_u",
+    "struct kvm_irq_routing_entry",
+    "struct kvm_irq_routing",
     "struct kvm_run",
     "vmrun_run_hw",
     "vmrun_run_fail_entry",
@@ -58,6 +63,7 @@ STRUCTS = [
     "vmrun_run_internal",
     "vmrun_run_system_event",
     "vmrun_run_msr",
+    "vmrun_run_eoi",
     "struct vmrun_guest_region",
 ]
 

@@ -30,10 +30,11 @@ src/acpi-tables and src/vmm/src/acpi; KVM irq_comm.c):
   that bit. LEGACY_DEVICES (bit 0; Linux only drops the PnP BIOS probe without it) and
   CMOS RTC Not Present (bit 5; vmrun has a CMOS RTC) stay clear, as in Firecracker.
 - MADT: local APIC address and flags (PCAT_COMPAT, bit 0: there is also a dual 8259, which
-  KVM's in-kernel irqchip provides), then variable entries: Processor Local APIC (type 0, 8
-  bytes: ACPI processor UID, APIC id, flags bit 0 Enabled), I/O APIC (type 1, 12 bytes: id,
-  address, GSI base), Local APIC NMI (type 4, 6 bytes: UID 0xff for all processors, MPS INTI
-  flags, LINT#). The NMI entry wires LINT1 to NMI, as the MP table does.
+  KVM's in-kernel irqchip provides; clear with a split irqchip, which has none), then
+  variable entries: Processor Local APIC (type 0, 8 bytes: ACPI processor UID, APIC id,
+  flags bit 0 Enabled), I/O APIC (type 1, 12 bytes: id, address, GSI base), Local APIC NMI
+  (type 4, 6 bytes: UID 0xff for all processors, MPS INTI flags, LINT#). The NMI entry wires
+  LINT1 to NMI, as the MP table does.
 - DSDT devices: in hardware-reduced mode Linux has no legacy PIC, so it reserves no IRQ
   numbers 0-15 for ISA and its I/O APIC interrupt domain is dynamic (acpi_parse_ioapic:
   "legacy" only for GSI bases below nr_legacy_irqs(), now 0): a GSI gets an IRQ number only
@@ -357,10 +358,11 @@ def dsdt() -> bytes:
     return _table(DSDT_SIGNATURE, DSDT_REVISION, DSDT_AML)
 
 
-def madt(vcpus: int) -> bytes:
+def madt(vcpus: int, legacy_pic: bool = True) -> bytes:
     """Local APICs 0..vcpus-1 (ACPI processor UID = APIC id), the I/O APIC with id `vcpus`,
-    and LINT1 as NMI on every processor."""
-    entries = [MADT_FIXED.pack(layout.APIC_START, MADT_PCAT_COMPAT)]
+    and LINT1 as NMI on every processor; PCAT_COMPAT when there is a `legacy_pic`."""
+    flags = MADT_PCAT_COMPAT if legacy_pic else 0
+    entries = [MADT_FIXED.pack(layout.APIC_START, flags)]
     for apic_id in range(vcpus):
         entries.append(
             LOCAL_APIC.pack(MADT_LOCAL_APIC, LOCAL_APIC.size, apic_id, apic_id, LOCAL_APIC_ENABLED)
@@ -382,8 +384,9 @@ def acpi_size(vcpus: int) -> int:
     return gpa + len(data) - ACPI_ADDRESS
 
 
-def acpi_tables(vcpus: int) -> list[tuple[int, bytes]]:
-    """(guest physical address, bytes) of the RSDP, XSDT, FADT, DSDT and MADT for `vcpus`."""
+def acpi_tables(vcpus: int, legacy_pic: bool = True) -> list[tuple[int, bytes]]:
+    """(guest physical address, bytes) of the RSDP, XSDT, FADT, DSDT and MADT for `vcpus`;
+    `legacy_pic` false for a machine without a dual 8259 (a split irqchip)."""
     if not 1 <= vcpus <= MAX_VCPUS:
         raise AcpiError(f"{vcpus} vCPUs; the MADT describes 1 to {MAX_VCPUS}")
 
@@ -399,7 +402,7 @@ def acpi_tables(vcpus: int) -> list[tuple[int, bytes]]:
         (xsdt_address, xsdt([fadt_address, madt_address])),
         (fadt_address, fadt(dsdt_address)),
         (dsdt_address, dsdt()),
-        (madt_address, madt(vcpus)),
+        (madt_address, madt(vcpus, legacy_pic)),
     ]
     for (gpa, data), (next_gpa, _) in itertools.pairwise(writes):
         assert gpa + len(data) <= next_gpa, f"ACPI table at {gpa:#x} overlaps the next"

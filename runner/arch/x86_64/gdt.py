@@ -1,4 +1,4 @@
-"""The boot GDT and the segment registers a vCPU starts the 64-bit kernel entry with.
+"""The boot GDTs and the segment registers a vCPU starts the kernel (64-bit or PVH entry) with.
 
 Facts (Intel SDM vol. 3 §3.4.5 "Segment Descriptors"; Firecracker arch/x86_64/gdt.rs, regs.rs):
 
@@ -15,6 +15,11 @@ Facts (Intel SDM vol. 3 §3.4.5 "Segment Descriptors"; Firecracker arch/x86_64/g
   reason above.
 - The TSS entry is an 8-byte busy-TSS descriptor as in Firecracker (a real 64-bit TSS
   descriptor is 16 bytes); only TR's cached value matters until the kernel loads its own.
+- The PVH entry (Xen's docs/misc/pvh.pandoc, "x86/HVM direct boot ABI") is reached in 32-bit
+  protected mode: CS a 32-bit execute/read segment and DS, ES, SS 32-bit read/write segments,
+  all with base 0 and limit 0xffffffff; TR a 32-bit busy TSS with base 0 and limit 0x67;
+  selector values are unspecified (pvh_start_xen loads its own GDT first thing). vmrun keeps
+  the 64-bit boot's indices (code 0x08, data 0x10, TSS 0x18), as Firecracker does.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from runner.arch.x86_64 import layout
 CODE64_FLAGS = 0xA09B  # G, L; present, DPL 0, code: execute/read, accessed
 DATA_FLAGS = 0xC093  # G, D/B (32-bit); present, DPL 0, data: read/write, accessed
 TSS_FLAGS = 0x808B  # G; present, DPL 0, system: busy TSS
+CODE32_FLAGS = 0xC09B  # G, D/B (32-bit); present, DPL 0, code: execute/read, accessed
+TSS32_FLAGS = 0x008B  # byte granular; present, DPL 0, system: busy 32-bit TSS
 FLAT_LIMIT = 0xFFFFF  # 20-bit limit: with G, the whole 4 GiB
+TSS32_LIMIT = 0x67  # a 32-bit TSS is 104 bytes
 
 NULL_INDEX, CODE_INDEX, DATA_INDEX, TSS_INDEX = range(4)
 
@@ -51,6 +59,13 @@ BOOT_GDT: tuple[int, ...] = (
     gdt_entry(CODE64_FLAGS, 0, FLAT_LIMIT),
     gdt_entry(DATA_FLAGS, 0, FLAT_LIMIT),
     gdt_entry(TSS_FLAGS, 0, FLAT_LIMIT),
+)
+# The PVH entry's GDT: the same indices, with 32-bit code and a 32-bit TSS.
+PVH_GDT: tuple[int, ...] = (
+    gdt_entry(0, 0, 0),
+    gdt_entry(CODE32_FLAGS, 0, FLAT_LIMIT),
+    gdt_entry(DATA_FLAGS, 0, FLAT_LIMIT),
+    gdt_entry(TSS32_FLAGS, 0, TSS32_LIMIT),
 )
 
 
@@ -122,11 +137,12 @@ def gdt_bytes(table: tuple[int, ...] = BOOT_GDT) -> bytes:
     return b"".join(struct.pack("<Q", entry) for entry in table)
 
 
-def boot_segments() -> BootSegments:
-    """Segment registers for the 64-bit entry: flat 64-bit code, flat data everywhere else."""
-    code = segment_from_gdt_entry(BOOT_GDT[CODE_INDEX], CODE_INDEX)
-    data = segment_from_gdt_entry(BOOT_GDT[DATA_INDEX], DATA_INDEX)
-    tss = segment_from_gdt_entry(BOOT_GDT[TSS_INDEX], TSS_INDEX)
+def boot_segments(table: tuple[int, ...] = BOOT_GDT) -> BootSegments:
+    """Segment registers for an entry through `table` (BOOT_GDT: the 64-bit entry, PVH_GDT:
+    the PVH entry): its code segment in CS, flat data everywhere else."""
+    code = segment_from_gdt_entry(table[CODE_INDEX], CODE_INDEX)
+    data = segment_from_gdt_entry(table[DATA_INDEX], DATA_INDEX)
+    tss = segment_from_gdt_entry(table[TSS_INDEX], TSS_INDEX)
     return BootSegments(
         cs=code,
         ds=data,
@@ -135,11 +151,11 @@ def boot_segments() -> BootSegments:
         gs=data,
         ss=data,
         tr=tss,
-        gdt=DescriptorTable(layout.BOOT_GDT_START, len(BOOT_GDT) * 8 - 1),
+        gdt=DescriptorTable(layout.BOOT_GDT_START, len(table) * 8 - 1),
         idt=DescriptorTable(layout.BOOT_IDT_START, 8 - 1),
     )
 
 
-def boot_gdt_writes() -> list[tuple[int, bytes]]:
-    """(guest physical address, bytes) for the boot GDT and its one empty IDT entry."""
-    return [(layout.BOOT_GDT_START, gdt_bytes()), (layout.BOOT_IDT_START, bytes(8))]
+def boot_gdt_writes(table: tuple[int, ...] = BOOT_GDT) -> list[tuple[int, bytes]]:
+    """(guest physical address, bytes) for the boot GDT `table` and its one empty IDT entry."""
+    return [(layout.BOOT_GDT_START, gdt_bytes(table)), (layout.BOOT_IDT_START, bytes(8))]

@@ -45,6 +45,17 @@ BOOT_GDT_START = 0x500
 # interrupts, so the boot IDT only has to be a valid (limit 7) table.
 BOOT_IDT_START = 0x520
 
+# The PVH entry's boot information (a kernel entered through its Xen PHYS32_ENTRY note gets
+# no zero page): struct hvm_start_info (56 bytes; EBX points here), then the module list
+# (one 32-byte hvm_modlist_entry: the initramfs), then the memory map (24-byte entries up to
+# the zero page: 164 of them, more than the 128 Linux copies). The page below the zero page
+# is used by nothing else; the addresses are Firecracker's, except its memory map, which
+# shares the zero page's address because the two boots never meet.
+PVH_INFO_START = 0x6000
+PVH_MODLIST_START = 0x6040
+PVH_MEMMAP_START = 0x6080
+PVH_MEMMAP_END = 0x7000
+
 # struct boot_params (the "zero page", 4 KiB); RSI points here at the 64-bit entry.
 ZERO_PAGE_START = 0x7000
 ZERO_PAGE_SIZE = 4 * KIB
