@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 import attrs
 
+from runner import vcpu_boot
 from runner.arch.x86_64 import (
     acpi,
     boot_params,
@@ -25,7 +26,6 @@ from runner.arch.x86_64 import (
     gdt,
     layout,
     mptable,
-    msrs,
     page_tables,
     pvh,
 )
@@ -40,7 +40,7 @@ from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, 
 from runner.guest.initramfs import GuestImageError, guest_initramfs
 from runner.guest.kernel import default_kernel
 from runner.kvm.memory import GuestMemory
-from runner.kvm.native import Cap, CpuidEntry
+from runner.kvm.native import Cap
 from runner.kvm.system import Kvm
 from runner.kvm.vcpu import Vcpu
 from runner.kvm.vm import Vm
@@ -49,10 +49,6 @@ from runner.kvm.vm import Vm
 # and MMIO: just below the 4 GiB line's firmware area, as Firecracker places them.
 TSS_ADDRESS = 0xFFFB_D000
 IDENTITY_MAP_ADDRESS = 0xFFFB_C000
-KVM_CPUID_FEATURES = 0x4000_0001
-KVM_FEATURE_NOP_IO_DELAY = 1 << 1  # the guest skips port-0x80 delays: fewer exits
-APIC_LVT_LINT0, APIC_LVT_LINT1 = 0x350, 0x360
-APIC_MODE_EXTINT, APIC_MODE_NMI = 0x7, 0x4
 
 
 class BuildError(Exception):
@@ -144,10 +140,13 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
         supported = [cpuid.CpuidEntry(*entry) for entry in kvm.get_supported_cpuid()]
         if kvm.check_extension(Cap.TSC_DEADLINE_TIMER):
             supported = cpuid.with_tsc_deadline(supported)
-        vcpus = [
-            _create_vcpu(supported, vm, resources, index, kernel)
-            for index in range(resources.machine.vcpu_count)
-        ]
+        try:
+            vcpus = [
+                vcpu_boot.create_vcpu(vm, supported, resources.machine, index, kernel)
+                for index in range(resources.machine.vcpu_count)
+            ]
+        except cpuid.CpuidError as exc:
+            raise BuildError(f"machine: {exc}") from exc
         machine = Machine(
             vm, memory, vcpus, IoBus(), [], [], guest_ports.DebugPort(), [], stack.pop_all()
         )
@@ -258,85 +257,6 @@ def _command_line(resources: VmResources) -> str:
         return cmdline.compose(resources)
     except cmdline.CmdlineError as exc:
         raise BuildError(str(exc)) from exc
-
-
-def _create_vcpu(
-    supported: list[cpuid.CpuidEntry],
-    vm: Vm,
-    resources: VmResources,
-    index: int,
-    kernel: LoadedKernel,
-) -> Vcpu:
-    machine = resources.machine
-    vcpu = vm.create_vcpu(index)
-    try:
-        table = cpuid.vcpu_cpuid(
-            supported, index, machine.vcpu_count,
-            ht_enabled=machine.ht_enabled, nested=machine.nested, template=machine.cpu_template,
-        )  # fmt: skip
-    except cpuid.CpuidError as exc:
-        raise BuildError(f"machine: {exc}") from exc
-    vcpu.set_cpuid2([_with_kvm_features(CpuidEntry(*attrs.astuple(e))) for e in table])
-    vcpu.set_msrs({int(msr): value for msr, value in msrs.boot_msrs().items()})
-    _set_lint(vcpu)
-    if index == 0:  # the others wait for INIT/SIPI in the in-kernel local APIC
-        _set_boot_registers(vcpu, kernel)
-    return vcpu
-
-
-def _with_kvm_features(entry: CpuidEntry) -> CpuidEntry:
-    if entry.function == KVM_CPUID_FEATURES:
-        return entry._replace(eax=entry.eax | KVM_FEATURE_NOP_IO_DELAY)
-    return entry
-
-
-def _set_lint(vcpu: Vcpu) -> None:
-    """LINT0 delivers the PIC's ExtINT, LINT1 NMIs: what the MP table says and Linux expects."""
-    lapic = vcpu.get_lapic()
-    for offset, mode in ((APIC_LVT_LINT0, APIC_MODE_EXTINT), (APIC_LVT_LINT1, APIC_MODE_NMI)):
-        value = int.from_bytes(lapic[offset : offset + 4], "little")
-        value = (value & ~0x700) | (mode << 8)
-        lapic[offset : offset + 4] = value.to_bytes(4, "little")
-    vcpu.set_lapic(lapic)
-
-
-def _set_boot_registers(vcpu: Vcpu, kernel: LoadedKernel) -> None:
-    """The 64-bit entry: long mode, flat segments, the boot page tables, rsi at the zero page.
-    The PVH entry: 32-bit protected mode without paging, flat segments, ebx at the
-    hvm_start_info."""
-    pvh_entry = kernel.kind == "pvh"
-    sregs = vcpu.get_sregs()
-    segments = gdt.boot_segments(gdt.PVH_GDT if pvh_entry else gdt.BOOT_GDT)
-    for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr"):
-        target = getattr(sregs, name)
-        for field, value in attrs.asdict(getattr(segments, name)).items():
-            setattr(target, field, value)
-    sregs.gdt.base, sregs.gdt.limit = segments.gdt.base, segments.gdt.limit
-    sregs.idt.base, sregs.idt.limit = segments.idt.base, segments.idt.limit
-    if pvh_entry:
-        control = pvh.ENTRY_CONTROL
-    else:
-        control = page_tables.long_mode_registers(sregs.cr0, sregs.cr4, sregs.efer)
-    sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer = (
-        control.cr0,
-        control.cr3,
-        control.cr4,
-        control.efer,
-    )
-    vcpu.set_sregs(sregs)
-    regs = vcpu.get_regs()
-    regs.rflags = 0x2  # bit 1 is always set; IF, TF and VM clear
-    regs.rip = kernel.entry
-    if pvh_entry:
-        regs.rbx = layout.PVH_INFO_START
-    else:
-        regs.rsp = regs.rbp = layout.BOOT_STACK_POINTER
-        regs.rsi = layout.ZERO_PAGE_START
-    vcpu.set_regs(regs)
-    fpu = vcpu.get_fpu()
-    fpu.fcw = 0x37F
-    fpu.mxcsr = 0x1F80
-    vcpu.set_fpu(fpu)
 
 
 def _attach_devices(machine: Machine, resources: VmResources) -> None:
