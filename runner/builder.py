@@ -117,9 +117,10 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
 
         kernel = _load_kernel(resources)
         for segment in kernel.segments:
-            _write(
-                memory, segment.guest_addr, segment.data.ljust(segment.mem_size, b"\0"), "kernel"
-            )
+            _write(memory, segment.guest_addr, segment.data, "kernel")
+            if segment.mem_size > len(segment.data):  # fresh memory is zeros: only check the
+                end = segment.guest_addr + segment.mem_size - 1  # .bss lies in RAM
+                _write(memory, end, b"\0", "kernel")
         initrd = _place_initramfs(memory, resources, argv, kernel, mem_size)
         text = _command_line(resources)
         if len(text) > kernel.cmdline_size:

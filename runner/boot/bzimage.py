@@ -76,7 +76,9 @@ class BzImage:
 
     protocol: int
     setup_header: bytes  # 0x1f1 up to the header's end, to copy into the zero page
-    kernel: bytes  # the protected-mode kernel, loaded at the load address
+    # The protected-mode kernel, loaded at the load address: a view of the file's bytes, not a
+    # copy of its megabytes (they count in the VMM's peak memory).
+    kernel: bytes | memoryview
     cmdline_size: int
     init_size: int  # from the runtime start, as the header says
     relocatable: bool
@@ -166,7 +168,7 @@ def parse(data: bytes) -> BzImage:
     return BzImage(
         protocol=version,
         setup_header=bytes(data[SETUP_HEADER_START:header_end]),
-        kernel=bytes(data[setup_size:]),
+        kernel=memoryview(data)[setup_size:],
         cmdline_size=cmdline_size,
         init_size=init_size,
         relocatable=relocatable,

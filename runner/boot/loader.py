@@ -54,7 +54,7 @@ class KernelImageError(Exception):
     """A kernel file that cannot be loaded: the message names the file and what is wrong."""
 
 
-def _data_repr(data: bytes) -> str:
+def _data_repr(data: bytes | memoryview) -> str:
     return f"<{len(data)} bytes>"
 
 
@@ -63,7 +63,7 @@ class Segment:
     """`data` at `guest_addr`, followed by zeros up to `mem_size` bytes (an ELF .bss)."""
 
     guest_addr: int
-    data: bytes = attrs.field(repr=_data_repr)
+    data: bytes | memoryview = attrs.field(repr=_data_repr)
     mem_size: int = attrs.field()
 
     @mem_size.validator
