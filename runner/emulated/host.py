@@ -119,7 +119,7 @@ def _writable_dirs(cwd: str, extra: Sequence[str]) -> list[str]:
 def _write_job(scratch: Path, argv: Sequence[str], cwd: str, writable: list[str]) -> None:
     # Sourced by the init (PID 1): it must not exit, only report through `fail`.
     # (A 9p channel mounts once: the scratch directory, already on /scratch, is bound.)
-    mounts = [(f"-t 9p -o $P9 rw{i}", path) for i, path in enumerate(writable)]
+    mounts = [(f"-t 9p -o $P9,cache=loose rw{i}", path) for i, path in enumerate(writable)]
     mounts.append(("-o bind /scratch", str(scratch)))
     lines = [
         f"mount {how} /host{shlex.quote(path)} || fail {shlex.quote('cannot mount ' + path)}"
