@@ -8,6 +8,7 @@ VM file that this build cannot run yet are refused before anything is created.
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 import stat
 import sys
@@ -29,7 +30,7 @@ from runner.arch.x86_64 import (
     page_tables,
     pvh,
 )
-from runner.boot import cmdline, krunfw
+from runner.boot import bzimage, cmdline, krunfw
 from runner.boot.loader import KernelImageError, LoadedKernel, load_kernel
 from runner.config.model import InitramfsRoot, VmResources
 from runner.config.problems import Problem
@@ -49,6 +50,9 @@ from runner.kvm.vm import Vm
 # and MMIO: just below the 4 GiB line's firmware area, as Firecracker places them.
 TSS_ADDRESS = 0xFFFB_D000
 IDENTITY_MAP_ADDRESS = 0xFFFB_C000
+
+
+KERNEL_CHUNK = 2 * layout.MIB
 
 
 class BuildError(Exception):
@@ -116,11 +120,11 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
         vm.map_memory(memory)
 
         kernel = _load_kernel(resources)
-        for segment in kernel.segments:
-            _write(memory, segment.guest_addr, segment.data, "kernel")
-            if segment.mem_size > len(segment.data):  # fresh memory is zeros: only check the
-                end = segment.guest_addr + segment.mem_size - 1  # .bss lies in RAM
-                _write(memory, end, b"\0", "kernel")
+        _write_kernel(memory, kernel)
+        # Let go of the image's megabytes before the initramfs is built: they would add up
+        # in the VMM's peak memory.
+        placed = tuple(attrs.evolve(segment, data=b"") for segment in kernel.segments)
+        kernel = attrs.evolve(kernel, segments=placed)
         initrd = _place_initramfs(memory, resources, argv, kernel, mem_size)
         text = _command_line(resources)
         if len(text) > kernel.cmdline_size:
@@ -199,9 +203,42 @@ def _load_kernel(resources: VmResources) -> LoadedKernel:
             raise BuildError(f"kernel_bundle: {exc}") from exc
     path = Path(resources.kernel.path) if resources.kernel.path else default_kernel().image
     try:
-        return load_kernel(path.read_bytes(), resources.kernel.format, name=str(path))
-    except (KernelImageError, OSError) as exc:
+        data = _kernel_file(path, resources.kernel.format)
+        return load_kernel(data, resources.kernel.format, name=str(path))
+    except (KernelImageError, OSError, ValueError) as exc:
         raise BuildError(str(exc)) from exc
+
+
+def _kernel_file(path: Path, kernel_format: str) -> bytes | mmap.mmap:
+    """The image's bytes; a bzImage (the usual kernel, 10+ MiB) mapped rather than read, so
+    that its pages can be let go while they are copied into guest memory (`_write_kernel`)
+    instead of all adding up in the VMM's peak memory. The bzImage parser takes a mapping."""
+    with path.open("rb") as file:
+        head = file.read(bzimage.MAGIC_OFFSET + 4)
+        if (
+            kernel_format not in ("auto", "bzimage")
+            or head[bzimage.MAGIC_OFFSET :] != bzimage.MAGIC
+        ):
+            return head + file.read()
+        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _write_kernel(memory: GuestMemory, kernel: LoadedKernel) -> None:
+    """Each segment, in chunks; where the image is a mapping, the pages copied so far are
+    dropped from the VMM after each chunk (MADV_DONTNEED: they stay in the page cache)."""
+    for segment in kernel.segments:
+        data = memoryview(segment.data)
+        source = data.obj if isinstance(data.obj, mmap.mmap) else None
+        for offset in range(0, len(data), KERNEL_CHUNK):
+            _write(
+                memory, segment.guest_addr + offset, data[offset : offset + KERNEL_CHUNK], "kernel"
+            )
+            if source is not None:
+                source.madvise(mmap.MADV_DONTNEED)
+        data.release()
+        if segment.mem_size > len(segment.data):  # fresh memory is zeros: only check that
+            end = segment.guest_addr + segment.mem_size - 1  # the .bss lies in RAM
+            _write(memory, end, b"\0", "kernel")
 
 
 def _entry_writes(
