@@ -38,7 +38,7 @@ from runner.devices.bus import IoBus, MmioBus
 from runner.devices.ioapic import MMIO_SIZE as IOAPIC_MMIO_SIZE
 from runner.devices.ioapic import IoApic
 from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, serial_input
-from runner.guest.initramfs import GuestImageError, guest_initramfs
+from runner.guest.initramfs import GuestImageError, guest_initramfs_parts
 from runner.guest.kernel import default_kernel
 from runner.kvm.memory import GuestMemory
 from runner.kvm.native import Cap
@@ -272,22 +272,26 @@ def _place_initramfs(
     mem_size: int,
 ) -> boot_params.Initrd:
     try:
-        image = guest_initramfs(resources, argv)
+        parts = guest_initramfs_parts(resources, argv)
     except (GuestImageError, OSError) as exc:
         raise BuildError(str(exc)) from exc
+    size = sum(len(part) for part in parts)
     top = min(mem_size, layout.MMIO_GAP_START)
-    address = (top - len(image)) & ~(layout.KIB * 4 - 1)
+    address = (top - size) & ~(layout.KIB * 4 - 1)
     # init_size counts from the kernel's lowest segment: 1 MiB for a bzImage, where its
     # headers say for an ELF vmlinux (16 MiB for Linux's), the bundle's load address.
     kernel_end = kernel.segments[0].guest_addr + kernel.init_size
     if address < kernel_end:
-        need = -(-(kernel_end + len(image) + layout.GUEST_WORKING_SET) // layout.MIB)
+        need = -(-(kernel_end + size + layout.GUEST_WORKING_SET) // layout.MIB)
         raise BuildError(
             f"{resources.machine.mem_size_mib} MiB is too small for the kernel and the "
-            f"initramfs ({len(image) // layout.KIB} KiB); give machine.mem_size_mib >= {need}"
+            f"initramfs ({size // layout.KIB} KiB); give machine.mem_size_mib >= {need}"
         )
-    _write(memory, address, image, "initramfs")
-    return boot_params.Initrd(address, len(image))
+    offset = address
+    for part in parts:
+        _write(memory, offset, part, "initramfs")
+        offset += len(part)
+    return boot_params.Initrd(address, size)
 
 
 def _command_line(resources: VmResources) -> str:

@@ -6,7 +6,6 @@ static C library; it needs nothing from PyPI. From a shell: `python native/init/
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -37,6 +36,8 @@ def inputs() -> tuple[Path, ...]:
 
 def source_digest() -> str:
     """A digest of every input: an init built from other sources has another."""
+    import hashlib  # here: vmrun loads this module on every run, and hashlib loads OpenSSL
+
     digest = hashlib.sha256()
     for path in inputs():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())

@@ -46,7 +46,10 @@ def _elf_span(f, head: bytes) -> int:
     phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
     if phentsize < 56 or phnum > 256:
         return 0
-    f.seek(phoff)
+    try:
+        f.seek(phoff)
+    except (OSError, ValueError, OverflowError):  # an offset no file has: not a kernel
+        return 0
     table = f.read(phentsize * phnum)
     low, high = None, 0
     for i in range(len(table) // phentsize):

@@ -2,8 +2,10 @@
 
 jsonschema's import and a validation cost about 45 ms of a ~300 ms start on a fast host, and
 several times that where vmrun itself runs emulated. The schema stage is a pure function of the
-file's text and the schema, so its clean result is kept in the cache under a digest of both
-(an empty file per clean text). Files with problems are not kept: they fail anyway, and their
+file's text and the schema, so a clean result is kept in the cache as a file holding both,
+named by their CRC-32 and Adler-32 and only taken when its content is the same, byte for byte
+(no cryptographic hash: hashlib loads OpenSSL, megabytes of the VMM's memory, to save a
+comparison of kilobytes). Files with problems are not kept: they fail anyway, and their
 messages need the validator. A cache that cannot be written only costs the time back.
 """
 
@@ -11,33 +13,38 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
+import os
+import zlib
+from pathlib import Path
 
 from runner.cache import cache_dir
 from runner.config.schema import schema
 
 
 @functools.cache
-def _schema_digest() -> bytes:
-    return hashlib.sha256(json.dumps(schema(), sort_keys=True).encode()).digest()
+def _schema_text() -> bytes:
+    return json.dumps(schema(), sort_keys=True).encode()
 
 
-def _entry(kind: str, text: str) -> str:
-    digest = hashlib.sha256(
-        _schema_digest() + kind.encode() + b"\0" + text.encode("utf-8", "surrogatepass")
-    )
-    return digest.hexdigest()
+def _entry(kind: str, text: str) -> tuple[Path, bytes]:
+    content = b"\0".join((kind.encode(), _schema_text(), text.encode("utf-8", "surrogatepass")))
+    name = f"{zlib.crc32(content):08x}{zlib.adler32(content):08x}-{len(content)}"
+    return cache_dir("schema-clean") / name, content
 
 
 def passed_before(kind: str, text: str) -> bool:
     """Whether this text, read as `kind`, passed this schema before."""
     try:
-        return (cache_dir("schema-clean") / _entry(kind, text)).exists()
+        path, content = _entry(kind, text)
+        return path.read_bytes() == content
     except OSError:
         return False
 
 
 def remember_passed(kind: str, text: str) -> None:
     with contextlib.suppress(OSError):  # a read-only cache: the next run validates again
-        (cache_dir("schema-clean") / _entry(kind, text)).touch()
+        path, content = _entry(kind, text)
+        partial = path.with_suffix(f".{os.getpid()}.part")
+        partial.write_bytes(content)
+        partial.replace(path)

@@ -8,7 +8,6 @@ Ubuntu hosts and never changes the host's package state.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -95,7 +94,9 @@ def _fetch_from_apt(package: str) -> tuple[Path, int, str]:
 
 
 def _download(url: str, target: Path, size: int, sha256: str, label: str) -> None:
-    # Only when something is downloaded: a run from the cache is spared their import.
+    # Only when something is downloaded: a run from the cache is spared their import (and
+    # hashlib's OpenSSL, megabytes of the VMM's memory).
+    import hashlib
     import urllib.request
 
     from tqdm import tqdm
@@ -123,6 +124,8 @@ def _download(url: str, target: Path, size: int, sha256: str, label: str) -> Non
 
 
 def _sha256(path: Path) -> str:
+    import hashlib  # see _download
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -8,9 +8,9 @@ init as /init; built once and cached), then a small archive with this run's conf
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import subprocess
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -49,8 +49,14 @@ def guest_init() -> Path:
             raise GuestImageError(f"the guest init is missing at {installed}: reinstall vmrun")
         return installed
     build = _init_build_module()
-    digest = build.source_digest()
     recorded = INSTALLED_INIT.read_text().strip() if INSTALLED_INIT.exists() else ""
+    if recorded and installed.exists():
+        # No source newer than the installed init: it was built from these (hashing the
+        # sources would load OpenSSL into the VMM, megabytes of its memory, on every run).
+        built = installed.stat().st_mtime_ns
+        if all(path.stat().st_mtime_ns <= built for path in build.inputs()):
+            return installed
+    digest = build.source_digest()
     if installed.exists() and recorded == digest:
         return installed
     target = cache_dir("init", digest[:16]) / "init"
@@ -66,9 +72,14 @@ def base_image() -> bytes:
     """The gzip archive of the init and busybox-static (with its applets), cached."""
     init = guest_init()
     deb = debian.fetch("busybox-static")
-    key = hashlib.sha256(init.read_bytes() + deb.name.encode()).hexdigest()[:16]
-    target = cache_dir("guest") / f"base-{key}.cpio.gz"
-    if not target.exists():
+    # Which init and busybox it holds, kept beside it and compared whole: the name is only a
+    # checksum of that (the init's path and stat change whenever it is built again).
+    built = init.stat()
+    identity = f"{init}\n{built.st_mtime_ns}\n{built.st_size}\n{deb.name}\n"
+    name = f"base-{zlib.crc32(identity.encode()):08x}"
+    target = cache_dir("guest") / f"{name}.cpio.gz"
+    key = target.with_name(f"{name}.key")
+    if not (target.exists() and key.exists() and key.read_text() == identity):
         busybox = debian.unpack(deb) / "bin" / "busybox"
         entries = [Entry.directory(d) for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin")]
         entries.append(Entry.file("bin/busybox", busybox.read_bytes(), 0o755))
@@ -77,6 +88,7 @@ def base_image() -> bytes:
         partial = target.with_suffix(".part")
         partial.write_bytes(compressed(cpio(entries)))
         partial.replace(target)
+        key.write_text(identity)
     return target.read_bytes()
 
 
@@ -127,8 +139,9 @@ def init_config(resources: VmResources, argv: Sequence[str]) -> bytes:
     return render_config(lines)
 
 
-def guest_initramfs(resources: VmResources, argv: Sequence[str]) -> bytes:
-    """The whole initramfs for this run."""
+def guest_initramfs_parts(resources: VmResources, argv: Sequence[str]) -> list[bytes]:
+    """The archives of this run's initramfs, in order: laid one after the other they are the
+    initramfs (the builder writes them so into guest memory, sparing a copy of megabytes)."""
     parts = []
     if resources.kernel.initramfs:
         user = Path(resources.kernel.initramfs).read_bytes()
@@ -138,4 +151,9 @@ def guest_initramfs(resources: VmResources, argv: Sequence[str]) -> bytes:
         [Entry.directory("vmrun"), Entry.file("vmrun/config", init_config(resources, argv))]
     )
     parts.append(compressed(config))
-    return b"".join(parts)
+    return parts
+
+
+def guest_initramfs(resources: VmResources, argv: Sequence[str]) -> bytes:
+    """The whole initramfs for this run."""
+    return b"".join(guest_initramfs_parts(resources, argv))

@@ -46,8 +46,17 @@ def test_the_later_stages_still_run_for_a_remembered_text(tmp_path: Path) -> Non
     assert "kernel.path" in "\n".join(failed.value.lines())
 
 
-def test_the_memo_is_per_schema_and_kind() -> None:
-    entry = schema_memo._entry("toml", VM)
-    assert schema_memo._entry("json", VM) != entry
-    with mock.patch("runner.config.schema_memo._schema_digest", return_value=b"another schema"):
-        assert schema_memo._entry("toml", VM) != entry
+def test_the_memo_is_per_schema_and_kind(tmp_path: Path) -> None:
+    schema_memo.remember_passed("toml", VM)
+    assert schema_memo.passed_before("toml", VM)
+    assert not schema_memo.passed_before("json", VM)
+    with mock.patch("runner.config.schema_memo._schema_text", return_value=b"another schema"):
+        assert not schema_memo.passed_before("toml", VM)
+
+
+def test_an_entry_whose_content_differs_is_not_taken() -> None:
+    # The name is a checksum, not a proof: a hit needs the same bytes.
+    schema_memo.remember_passed("toml", VM)
+    path, content = schema_memo._entry("toml", VM)
+    path.write_bytes(content[:-1] + b"!")
+    assert not schema_memo.passed_before("toml", VM)
