@@ -142,7 +142,7 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
             _write(memory, gpa, data, "boot tables")
 
         # One KVM_GET_SUPPORTED_CPUID for all vCPUs: each gets its own copy filtered from it.
-        supported = [cpuid.CpuidEntry(*entry) for entry in kvm.get_supported_cpuid()]
+        supported = kvm.get_supported_cpuid()
         if kvm.check_extension(Cap.TSC_DEADLINE_TIMER):
             supported = cpuid.with_tsc_deadline(supported)
         try:

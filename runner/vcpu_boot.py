@@ -9,7 +9,6 @@ import attrs
 from runner.arch.x86_64 import cpuid, gdt, layout, msrs, page_tables, pvh
 from runner.boot.loader import LoadedKernel
 from runner.config.model import MachineConfig
-from runner.kvm.native import CpuidEntry
 from runner.kvm.vcpu import Vcpu
 from runner.kvm.vm import Vm
 
@@ -33,7 +32,7 @@ def create_vcpu(
         ht_enabled=machine.ht_enabled, nested=machine.nested, template=machine.cpu_template,
     )  # fmt: skip
     vcpu = vm.create_vcpu(index)
-    vcpu.set_cpuid2([_with_kvm_features(CpuidEntry(*attrs.astuple(e))) for e in table])
+    vcpu.set_cpuid2([_with_kvm_features(e) for e in table])
     vcpu.set_msrs({int(msr): value for msr, value in msrs.boot_msrs().items()})
     _set_lint(vcpu)
     if index == 0:  # the others wait for INIT/SIPI in the in-kernel local APIC
@@ -41,9 +40,9 @@ def create_vcpu(
     return vcpu
 
 
-def _with_kvm_features(entry: CpuidEntry) -> CpuidEntry:
+def _with_kvm_features(entry: cpuid.CpuidEntry) -> cpuid.CpuidEntry:
     if entry.function == KVM_CPUID_FEATURES:
-        return entry._replace(eax=entry.eax | KVM_FEATURE_NOP_IO_DELAY)
+        return attrs.evolve(entry, eax=entry.eax | KVM_FEATURE_NOP_IO_DELAY)
     return entry
 
 

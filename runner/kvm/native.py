@@ -17,7 +17,9 @@ import errno
 import os
 from collections.abc import Iterable
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any
+
+from runner.arch.x86_64.cpuid import CpuidEntry  # one type for the table, pure and KVM's
 
 # The version string the compiled module must carry: native/kvm/vmrun_kvm.c says the same.
 # A mismatch means the module was built from other sources than this Python code expects.
@@ -241,18 +243,6 @@ class InternalError(IntEnum):
     SIMUL_EX = lib.KVM_INTERNAL_ERROR_SIMUL_EX
     DELIVERY_EV = lib.KVM_INTERNAL_ERROR_DELIVERY_EV
     UNEXPECTED_EXIT_REASON = lib.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON
-
-
-class CpuidEntry(NamedTuple):
-    """One struct kvm_cpuid_entry2, as plain data."""
-
-    function: int
-    index: int
-    flags: int
-    eax: int
-    ebx: int
-    ecx: int
-    edx: int
 
 
 def new_cpuid2(count: int) -> Cdata:
