@@ -51,7 +51,7 @@ def _tee_refusal(tee: str) -> str:
 
 def _library_problem(library: str) -> str | None:
     # Paths were resolved and checked by the loader; a soname is looked up exactly as the
-    # builder will load it (find_library would ignore the version in `libkrunfw.so.4`).
+    # builder will load it (find_library would ignore the version in `libkrunfw.so.5`).
     try:
         open_library(library)
     except KrunfwError as exc:

@@ -6,7 +6,7 @@ src/vmm/src/builder.rs and src/arch/src/x86_64/mod.rs):
 - The library exports `char *krunfw_get_kernel(size_t *load_addr, size_t *entry_addr,
   size_t *size)` (libkrun declares the first two uint64_t: the same on x86_64) and
   `int krunfw_get_version(void)`, its ABI version, which is also its soname's
-  (libkrunfw.so.4, libkrunfw.so.5; current libkrun loads libkrunfw.so.5).
+  (libkrunfw.so.4, libkrunfw.so.5; current libkrun loads libkrunfw.so.5, the default).
 - The bytes are the library's static data, valid while it stays loaded and never freed:
   a vmlinux's PT_LOAD segments laid end to end from load_addr (the first segment's physical
   address), the gaps zero-filled, padded to 64 KiB. A raw image: no setup header, no ELF

@@ -87,7 +87,7 @@ class KernelBundle:
     library: str = setting(
         "libkrunfw library to load: a soname searched as dlopen does, or a path (with a `/`) "
         "relative to the VM file.",
-        "libkrunfw.so.4",
+        "libkrunfw.so.5",
         path=PathUse.LIBRARY,
     )
     guest_addr: int | None = setting(

@@ -412,7 +412,7 @@ def test_kernel_bundle_alone_passes(write_vm, tmp_path: Path) -> None:
     sized(tmp_path / "initrd.img", 4096)
     vm = passes(write_vm('[kernel]\ninitramfs = "initrd.img"\n[kernel_bundle]\n'))
     assert vm.resources.kernel_bundle is not None
-    assert vm.resources.kernel_bundle.library == "libkrunfw.so.4"
+    assert vm.resources.kernel_bundle.library == "libkrunfw.so.5"
 
 
 @pytest.mark.parametrize(
