@@ -143,6 +143,32 @@ def _run_in_emulated_host(
     if why_not:
         reporter.write_sep("!", f"{len(nodeids)} BOOT TESTS CANNOT RUN: {why_not}", red=True)
         return {}, NotRun(why_not, skippable=True)
+    recorded: dict[str, list[dict[str, str]]] = {}
+    status = _boot_session(config, nodeids, recorded)
+    unfinished = [n for n in nodeids if not _finished(recorded.get(n, []))]
+    if status == HARNESS_FAILURE and unfinished:
+        # The emulated host's own kernel died (its crash report is above). That kernel runs
+        # on QEMU's emulation of SVM, which is not what is under test: the tests it had not
+        # finished get one fresh host, and what had finished keeps its outcome.
+        reporter.write_sep(
+            "!",
+            f"the emulated host died: {len(unfinished)} unfinished boot tests get a fresh one",
+            red=True,
+        )
+        for nodeid in unfinished:
+            recorded.pop(nodeid, None)
+        status = _boot_session(config, unfinished, recorded)
+    reason = f"the emulated host's session ended with status {status} before this test ran"
+    if status in (TIMED_OUT, HARNESS_FAILURE):
+        reason = f"the emulated host failed (status {status}, see its message above)"
+    return recorded, NotRun(reason, skippable=False)
+
+
+def _boot_session(
+    config: pytest.Config, nodeids: list[str], recorded: dict[str, list[dict[str, str]]]
+) -> int:
+    """One emulated host running `nodeids`; their phases go into `recorded`. Its status."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
     reporter.write_sep(
         "=", f"{len(nodeids)} boot tests in one emulated host ({kvm_status().reason})"
     )
@@ -156,16 +182,16 @@ def _run_in_emulated_host(
             [*host, "--", *inner], cwd=config.rootpath, env={**os.environ, REPORT_ENV: str(report)}
         ).returncode
     reporter.write_sep("=", f"end of the emulated host's session (status {status})")
-    recorded: dict[str, list[dict[str, str]]] = {}
     if report.exists():
         for line in report.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             recorded.setdefault(record["nodeid"], []).append(record)
         report.unlink()
-    reason = f"the emulated host's session ended with status {status} before this test ran"
-    if status in (TIMED_OUT, HARNESS_FAILURE):
-        reason = f"the emulated host failed (status {status}, see its message above)"
-    return recorded, NotRun(reason, skippable=False)
+    return status
+
+
+def _finished(phases: list[dict[str, str]]) -> bool:
+    return any(phase["when"] == "teardown" for phase in phases)
 
 
 def _replay(phases: list[dict[str, str]], problem: NotRun) -> None:

@@ -141,6 +141,8 @@ def _qemu_command(
         spec = f"local,path={path},mount_tag={tag},security_model=none,multidevs=remap"
         return ["-virtfs", spec + (",readonly=on" if read_only else "")]
 
+    # loglevel=5: the console shows a kernel oops (printed at the default level, 4), so that
+    # a crash of the emulated host's own kernel says what failed.
     cmd = [
         QEMU,
         "-accel", "tcg,thread=multi",
@@ -151,7 +153,7 @@ def _qemu_command(
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initramfs),
-        "-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+        "-append", "console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init",
         "-serial", f"file:{scratch / 'console.log'}",
         "-device", "virtio-serial-pci,id=ports",
         "-chardev", f"file,id=stdout,path=/proc/self/fd/{out_w}",
@@ -223,6 +225,14 @@ def _outcome(
     )
 
 
+# Where a kernel's own crash report starts: shown whole when the emulated host dies, since
+# its last lines alone ("Kernel panic - not syncing") do not say what failed.
+CRASH_REPORT_LINES = 150
+CRASH_START = re.compile(
+    r"BUG:|Oops:|general protection fault|------------\[ cut here \]|Kernel panic"
+)
+
+
 def _tail(scratch: Path, title: str, name: str = "console.log", lines: int = 15) -> str:
     try:
         text = (scratch / name).read_text(errors="replace").strip()
@@ -230,4 +240,9 @@ def _tail(scratch: Path, title: str, name: str = "console.log", lines: int = 15)
         return ""
     if not text:
         return ""
-    return f"\n{title}:\n" + "\n".join("  " + line for line in text.splitlines()[-lines:])
+    # A crash report (oops, trace, panic) ends the console and is never this long; an earlier
+    # harmless warning is not its start.
+    shown = text.splitlines()[-CRASH_REPORT_LINES:]
+    crash = next((i for i, line in enumerate(shown) if CRASH_START.search(line)), None)
+    shown = shown[crash:] if crash is not None else shown[-lines:]
+    return f"\n{title}:\n" + "\n".join("  " + line for line in shown)

@@ -197,3 +197,15 @@ def test_missing_writable_directory_is_the_harness_failing(tmp_path: Path) -> No
     result = run(["--writable", str(tmp_path / "absent"), "--", "true"], tmp_path)
     assert result.returncode == 125
     assert f"writable directory {tmp_path / 'absent'} does not exist" in result.stderr
+
+
+def test_a_crash_of_the_host_s_kernel_is_the_harness_failing_and_shown(tmp_path: Path) -> None:
+    # Its console shows the crash report from its start, not only the last lines.
+    crash = "echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger"
+    result = run(["--", "sh", "-c", crash], tmp_path)
+    assert result.returncode == 125
+    assert "the emulated host ended (QEMU status 0) without running the command" in result.stderr
+    report = result.stderr.split("its console ended with:\n", 1)[1]
+    first, *rest = report.splitlines()
+    assert "Kernel panic - not syncing: sysrq triggered crash" in first
+    assert any("Call Trace:" in line for line in rest)
