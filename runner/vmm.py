@@ -36,9 +36,14 @@ class Ending:
 
 # What ends a VM, and the status vmrun exits with (see docs/architecture.md).
 REBOOT = Ending(VMM_FAILURE, "the guest rebooted (a kernel panic reboots, with panic=-1)")
-TRIPLE_FAULT = Ending(VMM_FAILURE, "the guest triple-faulted (KVM_EXIT_SHUTDOWN)")
 POWER_OFF = Ending(VMM_FAILURE, "the guest powered off without reporting a status")
 CRASH = Ending(VMM_FAILURE, "the guest crashed (KVM system event)")
+
+
+def triple_fault(vcpu_id: int) -> Ending:
+    # Only the vCPU: on AMD, KVM resets a vCPU's state after its shutdown intercept, so its
+    # registers no longer say where it faulted.
+    return Ending(VMM_FAILURE, f"the guest triple-faulted (KVM_EXIT_SHUTDOWN on vCPU {vcpu_id})")
 
 
 class Vmm:
@@ -141,7 +146,7 @@ class Vmm:
         if reason in (ExitReason.INTR, ExitReason.HLT):
             return None
         if reason is ExitReason.SHUTDOWN:
-            return TRIPLE_FAULT
+            return triple_fault(vcpu.id)
         if reason is ExitReason.SYSTEM_EVENT:
             kind = exit_.system_event.type
             if kind == SystemEventType.RESET:

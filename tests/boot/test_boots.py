@@ -141,7 +141,7 @@ def test_a_triple_fault_ends_the_vm(tmp_path: Path) -> None:
     vm = vm_file(tmp_path, extra='[kernel_cmdline]\nepilog = "reboot=t"\n')
     result = vmrun(vm, "/bin/reboot", "-f")
     assert result.returncode == 125
-    assert "vmrun: the guest triple-faulted (KVM_EXIT_SHUTDOWN)" in result.stderr
+    assert "vmrun: the guest triple-faulted (KVM_EXIT_SHUTDOWN on vCPU 0)" in result.stderr
 
 
 def test_an_elf_vmlinux_boots_through_its_pvh_entry(tmp_path: Path, pvh_vmlinux: Path) -> None:

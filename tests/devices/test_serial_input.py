@@ -63,6 +63,17 @@ def test_received_data_outranks_transmitter_empty_until_read() -> None:
     assert uart.read(IIR, 1) == 0x01
 
 
+def test_more_input_while_data_waits_raises_no_second_interrupt() -> None:
+    uart, raised = uart_with_irqs()
+    uart.write(IER, 1, IER_RDI)
+    uart.receive(b"a")
+    uart.receive(b"b")
+    assert raised == [1]
+    assert drain(uart) == b"ab"
+    uart.receive(b"c")  # the buffer was read empty: a fresh edge
+    assert raised == [1, 1]
+
+
 def test_bytes_are_hidden_while_receive_interrupts_are_off() -> None:
     # Linux's autoconfig sets IER to 0x0f for a moment, then start-up reads RBR to clear it
     # three times with IER off: none of those reads may take a byte.

@@ -2,10 +2,16 @@
 
 Output goes to a sink as the guest writes it. Input arrives through `receive` (from
 `serial_input.SerialInput`, which reads the host side) into a receive buffer the guest reads
-through RBR, with "data ready" in LSR. Interrupts, raised as edges on the COM port's ISA line:
-"received data available" while the buffer holds bytes, and "transmitter empty" after each
-byte the guest sends, so the tty layer's interrupt-driven input and output flow. IIR names
-the first by priority, as the chip does.
+through RBR, with "data ready" in LSR. Two interrupt conditions, so the tty layer's
+interrupt-driven input and output flow: "received data available" while the buffer holds
+bytes, and "transmitter empty" from each byte the guest sends (the transmitter empties at
+once) until the guest reads IIR. IIR names the first by priority, as the chip does.
+
+The chip's INTR output is a level, the OR of the enabled conditions; the COM port's ISA
+line is edge-triggered, so an interrupt is raised when that level rises. A burst of bytes
+written while "transmitter empty" is already signalled raises one interrupt, not one per
+byte, as a 16550A's FIFO does: Linux's handler reads IIR until it says "none", which
+lowers the level, so every later condition makes a fresh edge.
 
 The receive buffer holds RX_CAPACITY bytes, more than the chip's 16-byte FIFO: the host side
 waits for room instead of overrunning. It takes bytes, and shows them (LSR "data ready",
@@ -49,6 +55,7 @@ class Serial8250:
         self._divisor = [0x0C, 0x00]  # 9600 baud
         self._fifo = False
         self._thri_pending = False
+        self._intr = False  # the INTR output's level
         self._rx: deque[int] = deque()
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # the receive buffer has room again
@@ -58,8 +65,7 @@ class Serial8250:
         with self._lock:
             taken = data[: self._rx_room()]
             self._rx.extend(taken)
-            if taken and self._regs[IER] & IER_RDI:
-                self._raise_irq()
+            self._update_intr()
             return len(taken)
 
     def wait_for_room(self, timeout: float) -> bool:
@@ -72,11 +78,20 @@ class Serial8250:
 
     def read(self, offset: int, size: int) -> int:
         with self._lock:  # vCPU threads reach the UART concurrently
-            return self._read(offset)
+            value = self._read(offset)
+            self._update_intr()
+            return value
 
     def write(self, offset: int, size: int, value: int) -> None:
         with self._lock:
             self._write(offset, value)
+            self._update_intr()
+
+    def _update_intr(self) -> None:
+        level = self._receiving() or bool(self._thri_pending and self._regs[IER] & IER_THRI)
+        if level and not self._intr:
+            self._raise_irq()
+        self._intr = level
 
     def _read(self, offset: int) -> int:
         dlab = self._regs[LCR] & LCR_DLAB
@@ -113,8 +128,6 @@ class Serial8250:
             self._regs[IER] = value & 0x0F
             if value & IER_RDI:
                 self._room.notify_all()
-                if self._rx:
-                    self._raise_irq()
             self._transmitter_empty()
         elif offset == IIR:  # FCR
             self._fifo = bool(value & 0x01)
@@ -134,7 +147,6 @@ class Serial8250:
     def _transmitter_empty(self) -> None:
         if self._regs[IER] & IER_THRI:
             self._thri_pending = True
-            self._raise_irq()
 
     def _loopback_msr(self) -> int:
         # In loopback the modem inputs mirror the outputs (Linux's autoconfig checks this):
