@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     host.add_argument("--writable", action="append", default=[], metavar="DIR",
                       help="another directory the command may write to (repeatable)")  # fmt: skip
+    host.add_argument(
+        "--hung-after",
+        type=float,
+        default=240.0,
+        metavar="SECONDS",
+        help="take the host for hung (status 125) when its init has shown no sign of life for "
+        "this long (default 240)",
+    )
     return parser
 
 
@@ -106,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "show":
             return show(args.file, args.format)
         if args.command == "emulated-host":
-            settings = (args.cpus, args.memory, args.timeout, tuple(args.writable))
+            settings = (args.cpus, args.memory, args.timeout, tuple(args.writable), args.hung_after)
             return emulated_host(workload or [], *settings)
         return run(args.file, args.host, workload, args.timeout)
     except KeyboardInterrupt:
@@ -244,7 +252,12 @@ def _run_emulated(vm: VmFile, workload: list[str] | None, timeout_s: float) -> i
 
 
 def emulated_host(
-    argv: list[str], cpus: int, memory_mib: int, timeout_s: float, writable: tuple[str, ...]
+    argv: list[str],
+    cpus: int,
+    memory_mib: int,
+    timeout_s: float,
+    writable: tuple[str, ...],
+    hung_after_s: float,
 ) -> int:
     from runner.emulated.host import HARNESS_FAILURE, HarnessError, Settings, run_in_host
     from runner.emulated.image import provision
@@ -252,7 +265,7 @@ def emulated_host(
 
     try:
         image = provision()
-        settings = Settings(cpus, memory_mib, timeout_s, writable)
+        settings = Settings(cpus, memory_mib, timeout_s, writable, hung_after_s)
         outcome = run_in_host(image, argv, settings, sys.stdout.buffer, sys.stderr.buffer)
     except (PackageError, HarnessError) as exc:
         print(f"vmrun emulated-host: {exc}", file=sys.stderr)

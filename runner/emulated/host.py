@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +34,7 @@ TIMED_OUT = 124  # as timeout(1)
 HARNESS_FAILURE = 125  # vmrun's own failure, not the command's
 QEMU = "qemu-system-x86_64"
 PR_SET_PDEATHSIG = 1
+HEARTBEAT_POLL_S = 2.0
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by vmrun inside the emulated host, so that nested tools know where they are.
 INSIDE_ENV = "VMRUN_IN_EMULATED_HOST"
@@ -48,6 +50,7 @@ class Settings:
     memory_mib: int = 4096
     timeout_s: float = 3600.0
     writable: tuple[str, ...] = ()  # besides the current directory
+    hung_after_s: float = 240.0  # no heartbeat from the host's init for this long: it hung
 
 
 @attrs.frozen
@@ -97,12 +100,12 @@ def run_in_host(
         os.close(err_w)
         pumps = [_pump(out_r, stdout), _pump(err_r, stderr)]
         try:
-            timed_out = _wait(proc, settings.timeout_s)
+            ended = _wait(proc, settings, scratch_path / "heartbeat")
         finally:
             _stop(proc)
             for pump in pumps:
                 pump.join(timeout=5)
-        return _outcome(scratch_path, proc, timed_out, settings, argv)
+        return _outcome(scratch_path, proc, ended, settings, argv)
 
 
 def _writable_dirs(cwd: str, extra: Sequence[str]) -> list[str]:
@@ -184,13 +187,30 @@ def _pump(fd: int, sink: BinaryIO) -> threading.Thread:
     return thread
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    """Wait for QEMU to end; True when the timeout ended it."""
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return True
-    return False
+def _wait(proc: subprocess.Popen[bytes], settings: Settings, heartbeat: Path) -> str:
+    """Wait for QEMU to end: "ended", "timed out", or "hung" when the host's init has not
+    beaten its heart (the scratch file `heartbeat`, rewritten every few seconds) for
+    `settings.hung_after_s`. A host whose kernel locked up stops both QEMU's output and the
+    heartbeat, but not QEMU."""
+    start = last_change = time.monotonic()
+    last_beat = None
+    while True:
+        try:
+            proc.wait(timeout=HEARTBEAT_POLL_S)
+            return "ended"
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if now - start >= settings.timeout_s:
+            return "timed out"
+        try:
+            beat = heartbeat.read_bytes()
+        except OSError:
+            beat = None
+        if beat != last_beat:
+            last_beat, last_change = beat, now
+        elif now - last_change >= settings.hung_after_s:
+            return "hung"
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -202,12 +222,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _outcome(
     scratch: Path,
     proc: subprocess.Popen[bytes],
-    timed_out: bool,
+    ended: str,
     settings: Settings,
     argv: Sequence[str],
 ) -> Outcome:
     status_file = scratch / "status"
-    if timed_out:
+    if ended == "hung":
+        return Outcome(
+            HARNESS_FAILURE,
+            f"the emulated host stopped responding: no heartbeat from its init for "
+            f"{settings.hung_after_s:g} s while `{shlex.join(argv)}` ran"
+            + _tail(scratch, "its console ended with"),
+        )
+    if ended == "timed out":
         return Outcome(
             TIMED_OUT,
             f"timed out after {settings.timeout_s:g} s: `{shlex.join(argv)}` was still running"

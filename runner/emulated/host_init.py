@@ -4,7 +4,9 @@ It loads the modules, mounts the host's / read-only over 9p (tag `host`) and the
 scratch directory read-write (tag `scratch`), runs `/scratch/mounts.sh` (written by vmrun:
 the writable directories, mounted at their own paths), then runs `/scratch/job.sh` chrooted
 into the host's files with stdout and stderr on the virtio-serial ports `stdout` and
-`stderr`. It writes the exit status to `/scratch/status` and powers off. Anything that goes
+`stderr`, while it rewrites `/scratch/heartbeat` every 5 s (vmrun takes a host whose
+heartbeat stops for `Settings.hung_after_s` for hung). It writes the exit status to
+`/scratch/status` and powers off. Anything that goes
 wrong before the job runs leaves no status file: vmrun reports that as its own failure,
 with the console log.
 """
@@ -38,6 +40,8 @@ for port in /sys/class/virtio-ports/*; do
 done
 [ -c "$port_stdout" ] && [ -c "$port_stderr" ] || fail "no stdout/stderr ports"
 [ -e /dev/kvm ] || say "no /dev/kvm (kvm-amd did not load)"
+# A heartbeat for vmrun, which otherwise cannot tell a locked-up kernel from a quiet job.
+(while :; do date +%s > /scratch/heartbeat; sleep 5; done) &
 chroot /host /bin/sh "$JOB" < /dev/null > "$port_stdout" 2> "$port_stderr"
 echo $? > /scratch/status
 sync

@@ -209,3 +209,15 @@ def test_a_crash_of_the_host_s_kernel_is_the_harness_failing_and_shown(tmp_path:
     first, *rest = report.splitlines()
     assert "Kernel panic - not syncing: sysrq triggered crash" in first
     assert any("Call Trace:" in line for line in rest)
+
+
+def test_a_host_that_stops_beating_is_hung_and_ended(tmp_path: Path) -> None:
+    # SIGSTOP to every process but the command's shell and init stops the init's heartbeat,
+    # as a locked-up kernel would; the command itself would run on for 600 s.
+    start = time.monotonic()
+    result = run(["--hung-after", "20", "--", "sh", "-c", "kill -STOP -1; sleep 600"], tmp_path)
+    assert result.returncode == 125
+    assert "the emulated host stopped responding: no heartbeat from its init for 20 s" in (
+        result.stderr
+    )
+    assert time.monotonic() - start < 120
