@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import attrs
 
@@ -35,6 +35,7 @@ HARNESS_FAILURE = 125  # vmrun's own failure, not the command's
 QEMU = "qemu-system-x86_64"
 PR_SET_PDEATHSIG = 1
 HEARTBEAT_POLL_S = 2.0
+Ended = Literal["ended", "timed out", "hung"]
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by vmrun inside the emulated host, so that nested tools know where they are.
 INSIDE_ENV = "VMRUN_IN_EMULATED_HOST"
@@ -187,7 +188,7 @@ def _pump(fd: int, sink: BinaryIO) -> threading.Thread:
     return thread
 
 
-def _wait(proc: subprocess.Popen[bytes], settings: Settings, heartbeat: Path) -> str:
+def _wait(proc: subprocess.Popen[bytes], settings: Settings, heartbeat: Path) -> Ended:
     """Wait for QEMU to end: "ended", "timed out", or "hung" when the host's init has not
     beaten its heart (the scratch file `heartbeat`, rewritten every few seconds) for
     `settings.hung_after_s`. A host whose kernel locked up stops both QEMU's output and the
@@ -222,7 +223,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _outcome(
     scratch: Path,
     proc: subprocess.Popen[bytes],
-    ended: str,
+    ended: Ended,
     settings: Settings,
     argv: Sequence[str],
 ) -> Outcome:
