@@ -18,6 +18,18 @@ from runner.exit_status import ExitStatus
 if TYPE_CHECKING:
     from runner.config.load import VmFile
 
+
+def seconds(text: str) -> float:
+    """A duration option: a positive number of seconds; anything else is a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # nan too
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
 COMMANDS = ("validate", "schema", "show", "run", "emulated-host")
 
 
@@ -49,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where to run: /dev/kvm, an emulated KVM host, or auto (default): /dev/kvm "
         "where it can boot Linux, else the emulated host",
     )  # fmt: skip
-    run.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+    run.add_argument("--timeout", type=seconds, default=3600.0, metavar="SECONDS",
                      help="with the emulated host: stop everything after this long")  # fmt: skip
     host = sub.add_parser(
         "emulated-host",
@@ -64,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     host.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=3600.0,
         metavar="SECONDS",
         help="stop everything after this long (default 3600)",
@@ -81,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="another directory the command may write to (repeatable)")  # fmt: skip
     host.add_argument(
         "--hung-after",
-        type=float,
+        type=seconds,
         default=240.0,
         metavar="SECONDS",
         help="take the host for hung (status 125) when its init has shown no sign of life for "

@@ -65,12 +65,16 @@ def test_validate_json_format(bad_file: str) -> None:
 @pytest.mark.parametrize(
     "args",
     [[], ["validate"], ["show"], ["validate", "--format", "xml", DEV], ["schema", "--", "x"],
-     ["run", DEV, "--"]],
+     ["run", DEV, "--"], ["run", "--timeout", "0", DEV],
+     ["emulated-host", "--timeout", "-5", "--", "true"],
+     ["emulated-host", "--hung-after", "nan", "--", "true"]],
 )  # fmt: skip
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = vmrun(*args)
     assert result.returncode == 2
     assert "usage: vmrun" in result.stderr
+    if "--timeout" in args or "--hung-after" in args:
+        assert "must be a positive number of seconds" in result.stderr
 
 
 def test_schema_prints_the_published_schema() -> None:
