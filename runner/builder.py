@@ -7,19 +7,20 @@ VM file that this build cannot run yet are refused before anything is created.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
 import stat
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO
 
 import attrs
 
-from runner import vcpu_boot
+from runner import timings, vcpu_boot
 from runner.arch.x86_64 import (
     acpi,
     boot_params,
@@ -29,16 +30,17 @@ from runner.arch.x86_64 import (
     mptable,
     page_tables,
     pvh,
+    smbios,
 )
 from runner.boot import bzimage, cmdline, krunfw
 from runner.boot.loader import KernelImageError, LoadedKernel, load_kernel
-from runner.config.model import InitramfsRoot, VmResources
-from runner.config.problems import Problem
+from runner.config.model import VmResources
 from runner.devices.bus import IoBus, MmioBus
 from runner.devices.ioapic import MMIO_SIZE as IOAPIC_MMIO_SIZE
 from runner.devices.ioapic import IoApic
 from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, serial_input
-from runner.guest.initramfs import GuestImageError, guest_initramfs_parts
+from runner.errors import VmrunError
+from runner.guest.initramfs import guest_initramfs_parts
 from runner.guest.kernel import default_kernel
 from runner.kvm.memory import GuestMemory
 from runner.kvm.native import Cap
@@ -55,7 +57,7 @@ IDENTITY_MAP_ADDRESS = 0xFFFB_C000
 KERNEL_CHUNK = 2 * layout.MIB
 
 
-class BuildError(Exception):
+class BuildError(VmrunError):
     """The machine cannot be built; the message says what and why."""
 
 
@@ -81,95 +83,96 @@ class Machine:
         self.resources.close()
 
 
-def not_built_yet(resources: VmResources) -> list[Problem]:
-    """What this build cannot run yet, located in the file."""
-    problems = []
-    unbuilt = {
-        "fs": "virtio-fs", "block": "virtio-blk", "net": "virtio-net",
-        "virtio_consoles": "virtio consoles",
-    }  # fmt: skip
-    for section, what in unbuilt.items():
-        if getattr(resources, section):
-            problems.append(Problem((section,), f"{what} is not built yet"))
-    if resources.vsock:
-        problems.append(Problem(("vsock",), "virtio-vsock is not built yet"))
-    if not resources.disable_implicit_console:
-        problems.append(
-            Problem(
-                ("disable_implicit_console",),
-                "the implicit virtio console is not built yet: set disable_implicit_console "
-                "= true and add a serial console",
-            )
-        )
-    if not isinstance(resources.root, InitramfsRoot):
-        problems.append(Problem(("root",), "only the initramfs root is built yet"))
-    if resources.firmware:
-        problems.append(Problem(("firmware",), "booting through firmware is not built yet"))
-    return problems
+def workload_argv(resources: VmResources, given: Sequence[str] | None) -> list[str]:
+    """What the init runs: `given` (after `--` on vmrun's command line), else the file's."""
+    if given:
+        return list(given)
+    workload = resources.workload
+    return [workload.exec, *workload.args] if workload else []
 
 
 def build(resources: VmResources, argv: Sequence[str]) -> Machine:
-    """A machine for `resources` that runs `argv`; raises BuildError."""
+    """A machine for `resources` that runs `argv`; raises BuildError, naming the step."""
     with ExitStack() as stack:
-        kvm = stack.enter_context(_open(Kvm))
-        vm = stack.enter_context(kvm.create_vm())
-        mem_size = resources.machine.mem_size_mib * layout.MIB
+        with _step("opening /dev/kvm"):
+            kvm = stack.enter_context(Kvm())
+        with _step("creating the VM"):
+            vm = stack.enter_context(kvm.create_vm())
         split_irqchip = resources.machine.split_irqchip
-        _create_irqchip(vm, split_irqchip)
-        memory = stack.enter_context(GuestMemory(boot_params.memory_regions(mem_size)))
-        vm.map_memory(memory)
+        with _step("creating the interrupt controller"):
+            _create_irqchip(vm, split_irqchip)
+        mem_size = resources.machine.mem_size_mib * layout.MIB
+        with _step("setting up guest memory"):
+            memory = stack.enter_context(GuestMemory(boot_params.memory_regions(mem_size)))
+            vm.map_memory(memory)
 
-        kernel = _load_kernel(resources)
-        _write_kernel(memory, kernel)
+        with _step("loading the kernel"):
+            kernel = _load_kernel(resources)
+            _write_kernel(memory, kernel)
         # Let go of the image's megabytes before the initramfs is built: they would add up
         # in the VMM's peak memory.
         placed = tuple(attrs.evolve(segment, data=b"") for segment in kernel.segments)
         kernel = attrs.evolve(kernel, segments=placed)
-        initrd = _place_initramfs(memory, resources, argv, kernel, mem_size)
-        text = _command_line(resources)
-        if len(text) > kernel.cmdline_size:
-            raise BuildError(
-                f"the kernel takes {kernel.cmdline_size} bytes of command line, not {len(text)}"
-            )
-        _write(memory, layout.CMDLINE_START, text.encode() + b"\0", "command line")
-        writes = _entry_writes(kernel, mem_size, len(text), initrd)
-        vcpu_count = resources.machine.vcpu_count
-        writes += mptable.mptable_writes(vcpu_count)
-        # Kernels without MP-table parsing (Debian's cloud kernel) find the vCPUs, the IOAPIC
-        # and the legacy devices' interrupts only in the ACPI tables.
-        writes += acpi.acpi_tables(vcpu_count, legacy_pic=not split_irqchip)
-        for gpa, data in writes:
-            _write(memory, gpa, data, "boot tables")
+        with _step("placing the initramfs"):
+            initrd = _place_initramfs(memory, resources, argv, kernel, mem_size)
+        timings.mark("initramfs ready")
+        with _step("writing the command line"):
+            text = cmdline.compose(resources)
+            if len(text) > kernel.cmdline_size:
+                raise BuildError(
+                    f"the kernel takes {kernel.cmdline_size} bytes of command line, not {len(text)}"
+                )
+            _write(memory, layout.CMDLINE_START, text.encode() + b"\0", "command line")
+        with _step("writing the boot tables"):
+            writes = _entry_writes(kernel, mem_size, len(text), initrd)
+            vcpu_count = resources.machine.vcpu_count
+            writes += mptable.mptable_writes(vcpu_count)
+            # Kernels without MP-table parsing (Debian's cloud kernel) find the vCPUs, the
+            # IOAPIC and the legacy devices' interrupts only in the ACPI tables.
+            writes += acpi.acpi_tables(vcpu_count, legacy_pic=not split_irqchip)
+            writes += smbios.smbios_writes(resources.smbios_oem_strings)
+            for gpa, data in writes:
+                _write(memory, gpa, data, "boot tables")
 
-        # One KVM_GET_SUPPORTED_CPUID for all vCPUs: each gets its own copy filtered from it.
-        supported = kvm.get_supported_cpuid()
-        if kvm.check_extension(Cap.TSC_DEADLINE_TIMER):
-            supported = cpuid.with_tsc_deadline(supported)
-        try:
+        with _step("creating the vCPUs"):
+            # One KVM_GET_SUPPORTED_CPUID for all vCPUs: each gets its own copy filtered
+            # from it.
+            supported = kvm.get_supported_cpuid()
+            if kvm.check_extension(Cap.TSC_DEADLINE_TIMER):
+                supported = cpuid.with_tsc_deadline(supported)
             vcpus = [
                 vcpu_boot.create_vcpu(vm, supported, resources.machine, index, kernel)
-                for index in range(resources.machine.vcpu_count)
+                for index in range(vcpu_count)
             ]
-        except cpuid.CpuidError as exc:
-            raise BuildError(f"machine: {exc}") from exc
         machine = Machine(
-            vm, memory, vcpus, IoBus(), [], [], guest_ports.DebugPort(), [], stack.pop_all()
-        )
+            vm, memory, vcpus, IoBus(), [], [], guest_ports.DebugPort(timings.mark), [],
+            stack.pop_all(),
+        )  # fmt: skip
         if split_irqchip:  # the I/O APIC's id is the one the MADT gives it
             machine.ioapic = IoApic(vm, apic_id=vcpu_count)
     try:
-        _attach_devices(machine, resources)
+        with _step("attaching the devices"):
+            _attach_devices(machine, resources)
     except BaseException:
         machine.close()
         raise
     return machine
 
 
-def _open(kvm_class: type[Kvm]) -> Kvm:
+@contextlib.contextmanager
+def _step(what: str) -> Iterator[None]:
+    """One build step: any error a user can meet in it (KVM, memory, packages, images, I/O)
+    becomes a BuildError that names the step."""
     try:
-        return kvm_class()
-    except Exception as exc:
-        raise BuildError(f"cannot open /dev/kvm: {exc}") from exc
+        yield
+    except (VmrunError, OSError) as exc:
+        raise BuildError(f"{what}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def _create_irqchip(vm: Vm, split: bool) -> None:
@@ -248,18 +251,15 @@ def _entry_writes(
     (the kernel builds its own page tables); for the 64-bit entry the zero page, a GDT and
     identity page tables."""
     e820 = boot_params.e820_map(mem_size)
-    try:
-        if kernel.kind == "pvh":
-            # The RSDP is the first of the ACPI tables.
-            info = pvh.start_info_writes(
-                e820, cmdline_addr=layout.CMDLINE_START, rsdp_addr=acpi.ACPI_ADDRESS, initrd=initrd
-            )
-            return info + gdt.boot_gdt_writes(gdt.PVH_GDT)
-        zero_page = boot_params.zero_page(
-            kernel.setup_header, e820=e820, cmdline_len=cmdline_len, initrd=initrd
+    if kernel.kind == "pvh":
+        # The RSDP is the first of the ACPI tables.
+        info = pvh.start_info_writes(
+            e820, cmdline_addr=layout.CMDLINE_START, rsdp_addr=acpi.ACPI_ADDRESS, initrd=initrd
         )
-    except (pvh.PvhError, boot_params.BootParamsError) as exc:
-        raise BuildError(str(exc)) from exc
+        return info + gdt.boot_gdt_writes(gdt.PVH_GDT)
+    zero_page = boot_params.zero_page(
+        kernel.setup_header, e820=e820, cmdline_len=cmdline_len, initrd=initrd
+    )
     writes = [(layout.ZERO_PAGE_START, zero_page), *gdt.boot_gdt_writes()]
     return writes + page_tables.page_table_writes()
 
@@ -271,10 +271,7 @@ def _place_initramfs(
     kernel: LoadedKernel,
     mem_size: int,
 ) -> boot_params.Initrd:
-    try:
-        parts = guest_initramfs_parts(resources, argv)
-    except (GuestImageError, OSError) as exc:
-        raise BuildError(str(exc)) from exc
+    parts = guest_initramfs_parts(resources, argv)
     size = sum(len(part) for part in parts)
     top = min(mem_size, layout.MMIO_GAP_START)
     address = (top - size) & ~(layout.KIB * 4 - 1)
@@ -292,13 +289,6 @@ def _place_initramfs(
         _write(memory, offset, part, "initramfs")
         offset += len(part)
     return boot_params.Initrd(address, size)
-
-
-def _command_line(resources: VmResources) -> str:
-    try:
-        return cmdline.compose(resources)
-    except cmdline.CmdlineError as exc:
-        raise BuildError(str(exc)) from exc
 
 
 def _attach_devices(machine: Machine, resources: VmResources) -> None:

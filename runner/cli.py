@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--timeout", type=seconds, default=3600.0, metavar="SECONDS",
                      help="with the emulated host: stop everything after this long")  # fmt: skip
+    run.add_argument(
+        "--timings",
+        action="store_true",
+        help="print on stderr, at the end, when each phase of the run ended",
+    )
     host = sub.add_parser(
         "emulated-host",
         help="run one command inside an emulated KVM host (QEMU TCG with SVM)",
@@ -102,6 +107,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What each command exits with when vmrun itself fails (a bad file, a package that cannot be
+# had, KVM, I/O, the emulated host): `validate` and `show` 1, `run` and `emulated-host` 125.
+FAILURE_STATUS = {
+    "validate": ExitStatus.INVALID,
+    "schema": ExitStatus.INVALID,
+    "show": ExitStatus.INVALID,
+    "run": ExitStatus.VMM_FAILURE,
+    "emulated-host": ExitStatus.VMM_FAILURE,
+}
+DEBUG_ENV = "VMRUN_DEBUG"  # 1: a vmrun bug shows its traceback on stderr
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     workload: list[str] | None = None
@@ -118,21 +135,86 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("emulated-host needs a command: vmrun emulated-host -- CMD ARGS...")
     if workload == []:
         parser.error("`--` must be followed by a command")
+    return _outcome(args, workload)
+
+
+def _outcome(args: argparse.Namespace, workload: list[str] | None) -> int:
+    """The command's exit status: the one place where errors become statuses."""
+    from runner.config.problems import ConfigError
+    from runner.errors import VmrunError
+
+    failure = FAILURE_STATUS[args.command]
     try:
-        if args.command == "validate":
-            return validate(args.files, args.format)
-        if args.command == "schema":
-            return schema()
-        if args.command == "show":
-            return show(args.file, args.format)
-        if args.command == "emulated-host":
-            settings = (args.cpus, args.memory, args.timeout, tuple(args.writable), args.hung_after)
-            return emulated_host(workload or [], *settings)
-        return run(args.file, args.host, workload, args.timeout)
+        return _dispatch(args, workload)
     except KeyboardInterrupt:
         return 128 + 2
     except BrokenPipeError:
         return ExitStatus.OK
+    except ConfigError as error:
+        print("\n".join(error.lines()), file=sys.stderr)
+    except VmrunError as exc:
+        _say(str(exc))
+    except OSError as exc:
+        _say(_os_error(exc))
+    except Exception as exc:
+        _say(_bug(exc))
+    return failure
+
+
+def _dispatch(args: argparse.Namespace, workload: list[str] | None) -> int:
+    if args.command == "validate":
+        return validate(args.files, args.format)
+    if args.command == "schema":
+        return schema()
+    if args.command == "show":
+        return show(args.file, args.format)
+    if args.command == "emulated-host":
+        settings = (args.cpus, args.memory, args.timeout, tuple(args.writable), args.hung_after)
+        return emulated_host(workload or [], *settings)
+    return run(args.file, args.host, workload, args.timeout, args.timings)
+
+
+def _say(message: str) -> None:
+    print(f"vmrun: {message}", file=sys.stderr, flush=True)
+
+
+def _os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+def _bug(exc: Exception) -> str:
+    """One line for an exception that no layer expected (a vmrun bug): what it was, and
+    where its traceback is (a file, or stderr with VMRUN_DEBUG=1)."""
+    import os
+    import traceback
+
+    what = f"internal error (a vmrun bug): {type(exc).__name__}: {exc}"
+    text = "".join(traceback.format_exception(exc))
+    if os.environ.get(DEBUG_ENV) == "1":
+        sys.stderr.write(text)
+        return what
+    try:
+        path = _bug_report_file(text)
+    except OSError:
+        return f"{what}; run with {DEBUG_ENV}=1 to see its traceback"
+    return f"{what}; its traceback is in {path} ({DEBUG_ENV}=1 shows it here)"
+
+
+def _bug_report_file(text: str) -> str:
+    import os
+    import tempfile
+
+    from runner.cache import cache_dir
+
+    try:
+        directory = str(cache_dir("bug-reports"))
+    except OSError:
+        directory = tempfile.gettempdir()
+    fd, path = tempfile.mkstemp(prefix="vmrun-bug-", suffix=".txt", dir=directory)
+    with os.fdopen(fd, "w") as report:
+        report.write(text)
+    return path
 
 
 def validate(files: list[str], fmt: str) -> int:
@@ -176,13 +258,8 @@ def show(file: str, fmt: str) -> int:
     from runner.boot.cmdline import compose
     from runner.config.convert import unstructure
     from runner.config.load import load
-    from runner.config.problems import ConfigError
 
-    try:
-        vm = load(file)
-    except ConfigError as error:
-        print("\n".join(error.lines()), file=sys.stderr)
-        return ExitStatus.INVALID
+    vm = load(file)
     document = unstructure(vm.resources)
     if fmt == "json":
         print(json.dumps(document, indent=2))
@@ -195,71 +272,74 @@ def show(file: str, fmt: str) -> int:
     return ExitStatus.OK
 
 
-def run(file: str, host: str, workload: list[str] | None, timeout_s: float) -> int:
-    from runner.config.load import load
-    from runner.config.problems import ConfigError
-    from runner.host_kvm import HostChoiceError, choose_host, kvm_status
-    from runner.unsupported import unsupported_features
+def run(
+    file: str, host: str, workload: list[str] | None, timeout_s: float, show_timings: bool
+) -> int:
+    from runner import timings
 
+    if show_timings:
+        timings.TIMELINE.enable()
     try:
-        vm = load(file)
-        refused = unsupported_features(vm.resources)
-        if refused:
-            raise vm.error(refused)
-    except ConfigError as error:
-        print("\n".join(error.lines()), file=sys.stderr)
-        return ExitStatus.VMM_FAILURE
+        return _run(file, host, workload, timeout_s)
+    finally:
+        timings.TIMELINE.report(sys.stderr)
+
+
+def _run(file: str, host: str, workload: list[str] | None, timeout_s: float) -> int:
+    import os
+
+    from runner import timings
+    from runner.config.load import load
+    from runner.emulated.host import INSIDE_ENV
+    from runner.host_kvm import choose_host, kvm_status
+    from runner.unsupported import refusals
+
+    inside = " (inside the emulated host)" if os.environ.get(INSIDE_ENV) else ""
+    timings.mark(f"vmrun started{inside}")
+    vm = load(file)
+    refused = refusals(vm.resources)
+    if refused:
+        raise vm.error(refused)
     if workload is None and vm.resources.workload is None:
-        print(f"vmrun: {file} has no [workload]; give one after `--`", file=sys.stderr)
+        _say(f"{file} has no [workload]; give one after `--`")
         return ExitStatus.VMM_FAILURE
+    timings.mark(f"VM file loaded{inside}")
     status = kvm_status()
-    try:
-        where = choose_host(host, status)
-    except HostChoiceError as exc:
-        print(f"vmrun: {exc}", file=sys.stderr)
-        return ExitStatus.VMM_FAILURE
+    where = choose_host(host, status)
     if where == "emulated":
         if host == "auto":
-            print(f"vmrun: {status.reason}; running in the emulated KVM host", file=sys.stderr)
+            _say(f"{status.reason}; running in the emulated KVM host")
         return _run_emulated(vm, workload, timeout_s)
     return _run_on_kvm(vm, workload)
 
 
 def _run_on_kvm(vm: VmFile, workload: list[str] | None) -> int:
-    from runner.builder import BuildError, build, not_built_yet
-    from runner.config.problems import ConfigError
+    from runner import progress, timings
+    from runner.builder import build, workload_argv
     from runner.vmm import run_machine
 
-    refused = not_built_yet(vm.resources)
-    if refused:
-        error: ConfigError = vm.error(refused)
-        print("\n".join(error.lines()), file=sys.stderr)
-        return ExitStatus.VMM_FAILURE
-    file_workload = vm.resources.workload
-    argv = workload or ([file_workload.exec, *file_workload.args] if file_workload else [])
-    try:
-        machine = build(vm.resources, argv)
-    except BuildError as exc:
-        print(f"vmrun: {exc}", file=sys.stderr)
-        return ExitStatus.VMM_FAILURE
+    machine = build(vm.resources, workload_argv(vm.resources, workload))
+    timings.mark("machine built")
+    progress.phase("booting the VM")
     ending = run_machine(machine)
+    timings.mark("torn down")
     if ending.reason:
-        print(f"vmrun: {ending.reason}", file=sys.stderr)
+        _say(ending.reason)
     return ending.status
 
 
 def _run_emulated(vm: VmFile, workload: list[str] | None, timeout_s: float) -> int:
+    from runner import timings
     from runner.emulated.delegate import run_in_emulated_host
-    from runner.emulated.host import HarnessError
-    from runner.guest.debian import PackageError
+    from runner.guest.provision import provision_guest
 
-    try:
-        outcome = run_in_emulated_host(vm, workload, timeout_s)
-    except (PackageError, HarnessError) as exc:
-        print(f"vmrun: the emulated host: {exc}", file=sys.stderr)
-        return ExitStatus.VMM_FAILURE
+    # The emulated host has no network: what the VM needs is downloaded and built here.
+    provision_guest(vm.resources)
+    timings.mark("guest provisioned")
+    outcome = run_in_emulated_host(vm, workload, timeout_s)
+    timings.mark("emulated host ended")
     if outcome.message:
-        print(f"vmrun: the emulated host: {outcome.message}", file=sys.stderr)
+        _say(f"the emulated host: {outcome.message}")
     return outcome.status
 
 
@@ -271,17 +351,12 @@ def emulated_host(
     writable: tuple[str, ...],
     hung_after_s: float,
 ) -> int:
-    from runner.emulated.host import HARNESS_FAILURE, HarnessError, Settings, run_in_host
+    from runner.emulated.host import Settings, run_in_host
     from runner.emulated.image import provision
-    from runner.guest.debian import PackageError
 
-    try:
-        image = provision()
-        settings = Settings(cpus, memory_mib, timeout_s, writable, hung_after_s)
-        outcome = run_in_host(image, argv, settings, sys.stdout.buffer, sys.stderr.buffer)
-    except (PackageError, HarnessError) as exc:
-        print(f"vmrun emulated-host: {exc}", file=sys.stderr)
-        return HARNESS_FAILURE
+    image = provision()
+    settings = Settings(cpus, memory_mib, timeout_s, writable, hung_after_s)
+    outcome = run_in_host(image, argv, settings, sys.stdout.buffer, sys.stderr.buffer)
     if outcome.message:
-        print(f"vmrun emulated-host: {outcome.message}", file=sys.stderr)
+        _say(f"emulated-host: {outcome.message}")
     return outcome.status

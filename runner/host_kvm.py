@@ -12,6 +12,8 @@ from pathlib import Path
 
 import attrs
 
+from runner.errors import VmrunError
+
 
 @attrs.frozen
 class KvmStatus:
@@ -51,7 +53,7 @@ def _cpu_flags(cpuinfo: Path) -> set[str]:
     return set()
 
 
-class HostChoiceError(Exception):
+class HostChoiceError(VmrunError):
     """`--host kvm` on a host whose KVM cannot boot Linux."""
 
 

@@ -1,7 +1,9 @@
 """Parts of a valid VM file that this vmrun build or host cannot run.
 
 They pass validation (the file may be meant for another host); `vmrun run` refuses them
-with these messages instead of silently leaving a device out.
+with these messages, before it boots anything (the emulated host included), instead of
+silently leaving a device out. `tests/test_every_field.py` checks that every field of the
+model is either used by the builder or refused here.
 """
 
 from __future__ import annotations
@@ -9,11 +11,17 @@ from __future__ import annotations
 import os
 
 from runner.boot.krunfw import KrunfwError, open_library
-from runner.config.model import VmResources
+from runner.config.model import InitramfsRoot, VmResources
 from runner.config.problems import Problem
 
 
+def refusals(resources: VmResources) -> list[Problem]:
+    """Everything in `resources` that `vmrun run` cannot do here, located in the file."""
+    return unsupported_features(resources) + not_built_yet(resources)
+
+
 def unsupported_features(resources: VmResources) -> list[Problem]:
+    """What this build or this host cannot run at all."""
     problems = []
     if resources.gpu:
         problems.append(
@@ -39,6 +47,15 @@ def unsupported_features(resources: VmResources) -> list[Problem]:
         missing = _library_problem(resources.kernel_bundle.library)
         if missing:
             problems.append(Problem(("kernel_bundle", "library"), missing))
+        for image in ("qboot", "initrd"):  # libkrun loads them only for SEV guests
+            if getattr(resources.kernel_bundle, image):
+                problems.append(
+                    Problem(
+                        ("kernel_bundle", image),
+                        f"a {image} bundle is for TEE guests (tee_config), which this vmrun "
+                        "build does not run",
+                    )
+                )
     return problems
 
 
@@ -57,3 +74,41 @@ def _library_problem(library: str) -> str | None:
     except KrunfwError as exc:
         return str(exc)
     return None
+
+
+def not_built_yet(resources: VmResources) -> list[Problem]:
+    """What this build cannot run yet, located in the file."""
+    problems = []
+    unbuilt = {
+        "fs": "virtio-fs", "block": "virtio-blk", "net": "virtio-net",
+        "virtio_consoles": "virtio consoles",
+    }  # fmt: skip
+    for section, what in unbuilt.items():
+        if getattr(resources, section):
+            problems.append(Problem((section,), f"{what} is not built yet"))
+    if resources.vsock:
+        problems.append(Problem(("vsock",), "virtio-vsock is not built yet"))
+    if not resources.disable_implicit_console:
+        problems.append(
+            Problem(
+                ("disable_implicit_console",),
+                "the implicit virtio console is not built yet: set disable_implicit_console "
+                "= true and add a serial console",
+            )
+        )
+    if not isinstance(resources.root, InitramfsRoot):
+        problems.append(Problem(("root",), "only the initramfs root is built yet"))
+    if resources.console_output:
+        problems.append(
+            Problem(
+                ("console_output",),
+                "console_output is the implicit virtio console's, which is not built yet",
+            )
+        )
+    if resources.dhcp_client:
+        problems.append(
+            Problem(("dhcp_client",), "dhcp_client needs virtio-net, which is not built yet")
+        )
+    if resources.firmware:
+        problems.append(Problem(("firmware",), "booting through firmware is not built yet"))
+    return problems

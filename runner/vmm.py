@@ -18,6 +18,7 @@ import threading
 
 import attrs
 
+from runner import timings
 from runner.builder import Machine
 from runner.kvm.native import ExitReason, IoDirection, KvmError, SystemEventType
 from runner.kvm.vcpu import Vcpu
@@ -82,6 +83,7 @@ class Vmm:
             ]
             for thread in self._threads:
                 thread.start()
+            timings.mark("kernel entered (vCPUs running)")
             while not self._done.wait(0.5):
                 pass
         finally:

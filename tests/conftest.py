@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,8 +21,18 @@ from runner.guest import debian
 from runner.guest.debian import PackageError
 from runner.guest.kernel import default_kernel
 from runner.host_kvm import kvm_status
+from runner.progress import FIRST_RUN_ENV
 
 WriteVm = Callable[..., str]
+
+
+@pytest.fixture(autouse=True)
+def not_a_first_run() -> Iterator[None]:
+    """A download or build in one test marks the process as on a first run (runner.progress,
+    through the environment); no other test inherits that."""
+    os.environ.pop(FIRST_RUN_ENV, None)
+    yield
+    os.environ.pop(FIRST_RUN_ENV, None)
 
 
 @pytest.fixture

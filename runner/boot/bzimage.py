@@ -31,6 +31,8 @@ import struct
 
 import attrs
 
+from runner.errors import VmrunError
+
 MAGIC = b"HdrS"
 MAGIC_OFFSET = 0x202
 SETUP_HEADER_START = 0x1F1
@@ -61,7 +63,7 @@ _HEADER_END_2_12 = 0x268
 PAGE = 4096
 
 
-class BzImageError(ValueError):
+class BzImageError(VmrunError, ValueError):
     """What is wrong with a bzImage; the loader names the file."""
 
 

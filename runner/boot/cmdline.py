@@ -5,6 +5,7 @@ from __future__ import annotations
 from runner.arch.x86_64 import layout
 from runner.config.model import VmResources
 from runner.devices.slots import virtio_slots
+from runner.errors import VmrunError
 
 # reboot=k: a guest reboot goes through the i8042 reset line, which ends the VM.
 # panic=-1: a panic reboots at once (so it ends the VM) instead of hanging.
@@ -17,7 +18,7 @@ DEFAULT_PROLOG = (
 )
 
 
-class CmdlineError(ValueError):
+class CmdlineError(VmrunError, ValueError):
     """A command line that the kernel would not parse as meant."""
 
 

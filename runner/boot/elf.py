@@ -25,6 +25,7 @@ import struct
 import attrs
 
 from runner.arch.x86_64 import layout
+from runner.errors import VmrunError
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -56,7 +57,7 @@ _MACHINES = {
 _ADDRESS_LIMIT = 1 << 64
 
 
-class ElfError(ValueError):
+class ElfError(VmrunError, ValueError):
     """What is wrong with an ELF kernel; the loader names the file."""
 
 

@@ -29,6 +29,7 @@ import ctypes
 
 from runner.arch.x86_64 import layout
 from runner.boot.loader import ELF_CMDLINE_SIZE, LoadedKernel, Segment
+from runner.errors import VmrunError
 
 GET_KERNEL = "krunfw_get_kernel"
 GET_VERSION = "krunfw_get_version"
@@ -42,7 +43,7 @@ INSTALL_HINT = (
 )
 
 
-class KrunfwError(Exception):
+class KrunfwError(VmrunError):
     """A kernel bundle that cannot be loaded; the message names the library and what."""
 
 

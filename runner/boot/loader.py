@@ -34,6 +34,7 @@ import attrs
 
 from runner.arch.x86_64 import layout
 from runner.boot import bzimage, elf
+from runner.errors import VmrunError
 
 FORMATS = ("bzimage", "elf", "raw", "pe_gz", "image_gz", "image_bz2", "image_zstd")
 MAX_DECOMPRESSED = 512 * layout.MIB
@@ -50,7 +51,7 @@ _ZBOOT_COMPRESSION = 0x18  # NUL-terminated name: "gzip", "zstd", ...
 _ZSTD_FEED = 1024  # compressed bytes per step, so that one step cannot blow the cap far
 
 
-class KernelImageError(Exception):
+class KernelImageError(VmrunError):
     """A kernel file that cannot be loaded: the message names the file and what is wrong."""
 
 

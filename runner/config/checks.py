@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from runner.arch.x86_64 import layout
+from runner.arch.x86_64 import layout, smbios
 from runner.boot import cmdline
 from runner.boot.footprint import kernel_footprint
 from runner.config.devices import (
@@ -238,6 +238,12 @@ def rlimits(r: VmResources) -> Iterator[Problem]:
             )
 
 
+def oem_strings(r: VmResources) -> Iterator[Problem]:
+    for index, message in smbios.oem_strings_problems(r.smbios_oem_strings):
+        where: KeyPath = ("smbios_oem_strings",) if index is None else ("smbios_oem_strings", index)
+        yield Problem(where, message)
+
+
 RULES: tuple[Rule, ...] = (
     hyperthreading,
     memory_fits_images,
@@ -253,6 +259,7 @@ RULES: tuple[Rule, ...] = (
     network_rules,
     socket_paths,
     rlimits,
+    oem_strings,
 )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 from typing import Protocol
 
+from runner.errors import VmrunError
+
 
 class BusDevice(Protocol):
     """A device on a bus: `offset` is from the start of the range it was inserted with."""
@@ -18,7 +20,7 @@ class BusDevice(Protocol):
     def write(self, offset: int, size: int, value: int) -> None: ...
 
 
-class BusError(ValueError):
+class BusError(VmrunError, ValueError):
     """Two devices claim the same address, or a range lies outside the bus's space."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from runner import timings
 from runner.config.fields import PathUse
 from runner.config.load import VmFile
 from runner.config.paths import host_paths
@@ -42,7 +43,10 @@ def _read_only(vm: VmFile, key_path: tuple[str | int, ...]) -> bool:
 
 
 def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: float) -> Outcome:
-    argv = [sys.executable, "-m", "runner", "run", "--host", "kvm", os.path.abspath(vm.path)]
+    # With --timings, the vmrun inside sends its phases to this one's timeline.
+    show_timings = ["--timings"] if timings.TIMELINE.enabled else []
+    argv = [sys.executable, "-m", "runner", "run", *show_timings, "--host", "kvm"]
+    argv.append(os.path.abspath(vm.path))
     if workload is not None:
         argv += ["--", *workload]
     memory = max(MIN_HOST_MIB, vm.resources.machine.mem_size_mib + HOST_OVERHEAD_MIB)

@@ -27,8 +27,11 @@ from typing import BinaryIO, Literal
 
 import attrs
 
+from runner import progress, timings
 from runner.cache import cache_dir
 from runner.emulated.image import HostImage
+from runner.errors import VmrunError
+from runner.guest.debian import OFFLINE_ENV
 
 TIMED_OUT = 124  # as timeout(1)
 HARNESS_FAILURE = 125  # vmrun's own failure, not the command's
@@ -41,7 +44,7 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INSIDE_ENV = "VMRUN_IN_EMULATED_HOST"
 
 
-class HarnessError(Exception):
+class HarnessError(VmrunError):
     """The emulated host itself failed (not the command run in it)."""
 
 
@@ -78,6 +81,7 @@ def run_in_host(
     if missing:
         return Outcome(HARNESS_FAILURE, missing)
     cwd = os.getcwd()
+    progress.phase("booting the emulated KVM host")
     with tempfile.TemporaryDirectory(prefix="vmrun-host-") as scratch:
         scratch_path = Path(scratch)
         (scratch_path / "tmp").mkdir()
@@ -86,20 +90,22 @@ def run_in_host(
         _write_job(scratch_path, argv, cwd, writable)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        cmd = _qemu_command(image, settings, scratch_path, writable, out_w, err_w)
+        events_r, events_w = os.pipe()
+        pipes = (out_w, err_w, events_w)
+        cmd = _qemu_command(image, settings, scratch_path, writable, pipes)
         with open(scratch_path / "qemu.log", "wb") as qemu_log:
             proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=qemu_log,
                 stderr=subprocess.STDOUT,
-                pass_fds=(out_w, err_w),
+                pass_fds=pipes,
                 start_new_session=True,  # Ctrl-C reaches vmrun, which stops QEMU itself
                 preexec_fn=_die_with_parent,
             )
-        os.close(out_w)
-        os.close(err_w)
-        pumps = [_pump(out_r, stdout), _pump(err_r, stderr)]
+        for fd in pipes:
+            os.close(fd)
+        pumps = [_pump(out_r, stdout), _pump(err_r, stderr), _event_pump(events_r)]
         try:
             ended = _wait(proc, settings, scratch_path / "heartbeat")
         finally:
@@ -132,14 +138,19 @@ def _write_job(scratch: Path, argv: Sequence[str], cwd: str, writable: list[str]
     lines.append(f"JOB={shlex.quote(str(scratch / 'job.sh'))}")
     (scratch / "mounts.sh").write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if ENV_NAME.match(k)}
-    env.update({"TMPDIR": str(scratch / "tmp"), INSIDE_ENV: "1"})
+    # No network inside: a package missing from the cache is an error that says so.
+    env.update({"TMPDIR": str(scratch / "tmp"), INSIDE_ENV: "1", OFFLINE_ENV: "1"})
     job = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
     job += [f"cd {shlex.quote(cwd)} || exit 125", "exec " + shlex.join(argv)]
     (scratch / "job.sh").write_text("\n".join(job) + "\n")
 
 
 def _qemu_command(
-    image: HostImage, settings: Settings, scratch: Path, writable: list[str], out_w: int, err_w: int
+    image: HostImage,
+    settings: Settings,
+    scratch: Path,
+    writable: list[str],
+    pipes: tuple[int, int, int],
 ) -> list[str]:
     def share(path: str, tag: str, read_only: bool = False) -> list[str]:
         spec = f"local,path={path},mount_tag={tag},security_model=none,multidevs=remap"
@@ -160,11 +171,12 @@ def _qemu_command(
         "-append", "console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init",
         "-serial", f"file:{scratch / 'console.log'}",
         "-device", "virtio-serial-pci,id=ports",
-        "-chardev", f"file,id=stdout,path=/proc/self/fd/{out_w}",
-        "-device", "virtserialport,bus=ports.0,chardev=stdout,name=stdout",
-        "-chardev", f"file,id=stderr,path=/proc/self/fd/{err_w}",
-        "-device", "virtserialport,bus=ports.0,chardev=stderr,name=stderr",
     ]  # fmt: skip
+    # stdout and stderr of the job, and `events`: lines that the init and the vmrun inside
+    # write as phases end (runner/timings.py), stamped here on arrival.
+    for name, fd in zip(("stdout", "stderr", "events"), pipes, strict=True):
+        cmd += ["-chardev", f"file,id={name},path=/proc/self/fd/{fd}"]
+        cmd += ["-device", f"virtserialport,bus=ports.0,chardev={name},name={name}"]
     cmd += share("/", "host", read_only=True) + share(str(scratch), "scratch")
     for index, path in enumerate(writable):
         cmd += share(path, f"rw{index}")
@@ -184,6 +196,21 @@ def _pump(fd: int, sink: BinaryIO) -> threading.Thread:
                 sink.flush()
 
     thread = threading.Thread(target=copy, daemon=True)
+    thread.start()
+    return thread
+
+
+def _event_pump(fd: int) -> threading.Thread:
+    """Each line from the events port is a phase that just ended inside (runner/timings.py)."""
+
+    def read() -> None:
+        with os.fdopen(fd, "rb") as source:
+            while line := source.readline(200):  # bounded: a line is a phase's name
+                phase = line.decode(errors="replace").strip()
+                if phase:
+                    timings.mark(phase)
+
+    thread = threading.Thread(target=read, daemon=True)
     thread.start()
     return thread
 

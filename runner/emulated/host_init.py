@@ -40,6 +40,11 @@ for port in /sys/class/virtio-ports/*; do
 done
 [ -c "$port_stdout" ] && [ -c "$port_stderr" ] || fail "no stdout/stderr ports"
 [ -e /dev/kvm ] || say "no /dev/kvm (kvm-amd did not load)"
+# Phases for `vmrun run --timings`, stamped by the vmrun outside as they arrive.
+if [ -c "$port_events" ]; then
+  export VMRUN_TIMINGS_EVENTS="$port_events"
+  echo "emulated host booted" > "$port_events"
+fi
 # A heartbeat for vmrun, which otherwise cannot tell a locked-up kernel from a quiet job.
 (while :; do date +%s > /scratch/heartbeat; sleep 5; done) &
 chroot /host /bin/sh "$JOB" < /dev/null > "$port_stdout" 2> "$port_stderr"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import attrs
 
+from runner import progress
 from runner.boot.initramfs import Entry, compressed, cpio
 from runner.cache import cache_dir
 from runner.emulated.host_init import HOST_INIT
@@ -47,6 +48,7 @@ def provision() -> HostImage:
     image = HostImage(target / "vmlinuz", target / "initramfs.gz")
     if image.kernel.exists() and image.initramfs.exists():
         return image
+    progress.slow("building the emulated KVM host's image (its kernel, busybox and modules)")
     kernel_tree = debian.unpack(kernel_deb)
     busybox_tree = debian.unpack(busybox_deb)
     (vmlinuz,) = (kernel_tree / "boot").glob("vmlinuz-*")

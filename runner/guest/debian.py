@@ -17,11 +17,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+from runner import progress
 from runner.cache import cache_dir
+from runner.errors import VmrunError
 
 
-class PackageError(Exception):
+class PackageError(VmrunError):
     """A package that cannot be had; the message says what to do instead."""
+
+
+# Set where vmrun must not use the network (the emulated host, which has none, sets it): a
+# package missing from the cache is then an error that says how to get it, not a download
+# that fails with a name-resolution error.
+OFFLINE_ENV = "VMRUN_OFFLINE"
 
 
 _URI_LINE = re.compile(
@@ -94,6 +102,14 @@ def _fetch_from_apt(package: str) -> tuple[Path, int, str]:
 
 
 def _download(url: str, target: Path, size: int, sha256: str, label: str) -> None:
+    if os.environ.get(OFFLINE_ENV):
+        raise PackageError(
+            f"{label} is not in vmrun's cache ({target.parent}), and there is no network here "
+            f"({OFFLINE_ENV} is set, as inside the emulated host): run `vmrun run` outside the "
+            "emulated host, which provisions what a VM needs before it enters, or set "
+            "kernel.path in the VM file to a kernel you have"
+        )
+    progress.slow(f"downloading {label} ({size / 1e6:.1f} MB) into {target.parent}")
     # Only when something is downloaded: a run from the cache is spared their import (and
     # hashlib's OpenSSL, megabytes of the VMM's memory).
     import hashlib

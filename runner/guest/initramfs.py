@@ -15,9 +15,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from runner import progress
 from runner.boot.initramfs import Entry, compressed, cpio
 from runner.cache import cache_dir
 from runner.config.model import VmResources
+from runner.errors import VmrunError
 from runner.guest import debian
 
 NATIVE_INIT = Path(__file__).resolve().parents[2] / "native" / "init"
@@ -27,7 +29,7 @@ CONFIG_MAGIC = b"vmrun-init-config 1"
 CONFIG_END = b"end"
 
 
-class GuestImageError(Exception):
+class GuestImageError(VmrunError):
     """The guest's init or userland cannot be built."""
 
 
@@ -61,6 +63,7 @@ def guest_init() -> Path:
         return installed
     target = cache_dir("init", digest[:16]) / "init"
     if not target.exists():
+        progress.slow("compiling the guest's init (its sources changed since installation)")
         try:
             build.build_init(str(target))
         except (build.InitBuildError, OSError, subprocess.SubprocessError) as exc:
@@ -68,8 +71,9 @@ def guest_init() -> Path:
     return target
 
 
-def base_image() -> bytes:
-    """The gzip archive of the init and busybox-static (with its applets), cached."""
+def base_image() -> Path:
+    """The gzip archive of the init and busybox-static (with its applets), built once into
+    the cache."""
     init = guest_init()
     deb = debian.fetch("busybox-static")
     # Which init and busybox it holds, kept beside it and compared whole: the name is only a
@@ -80,6 +84,7 @@ def base_image() -> bytes:
     target = cache_dir("guest") / f"{name}.cpio.gz"
     key = target.with_name(f"{name}.key")
     if not (target.exists() and key.exists() and key.read_text() == identity):
+        progress.slow("building the guest's initramfs (vmrun's init and busybox)")
         busybox = debian.unpack(deb) / "bin" / "busybox"
         entries = [Entry.directory(d) for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin")]
         entries.append(Entry.file("bin/busybox", busybox.read_bytes(), 0o755))
@@ -89,7 +94,7 @@ def base_image() -> bytes:
         partial.write_bytes(compressed(cpio(entries)))
         partial.replace(target)
         key.write_text(identity)
-    return target.read_bytes()
+    return target
 
 
 def _applets(busybox: Path) -> list[str]:
@@ -146,7 +151,7 @@ def guest_initramfs_parts(resources: VmResources, argv: Sequence[str]) -> list[b
     if resources.kernel.initramfs:
         user = Path(resources.kernel.initramfs).read_bytes()
         parts.append(user + bytes(-len(user) % 4))
-    parts.append(base_image())
+    parts.append(base_image().read_bytes())
     config = cpio(
         [Entry.directory("vmrun"), Entry.file("vmrun/config", init_config(resources, argv))]
     )

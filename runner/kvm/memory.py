@@ -27,13 +27,14 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
+from runner.errors import VmrunError
 from runner.kvm.native import Cdata, ffi, host_address
 
 PAGE_SIZE = mmap.PAGESIZE
 ADDRESS_LIMIT = 1 << 64  # guest physical addresses and lengths are u64
 
 
-class GuestMemoryError(Exception):
+class GuestMemoryError(VmrunError):
     """A guest-memory range is out of bounds, or the memory could not be set up."""
 
 

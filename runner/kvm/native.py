@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any
 
 from runner.arch.x86_64.cpuid import CpuidEntry  # one type for the table, pure and KVM's
+from runner.errors import VmrunError
 
 # The version string the compiled module must carry: native/kvm/vmrun_kvm.c says the same.
 # A mismatch means the module was built from other sources than this Python code expects.
@@ -61,7 +62,7 @@ check_version(native_version())
 Cdata = Any  # a cffi cdata object (cffi ships no type stubs)
 
 
-class KvmError(Exception):
+class KvmError(VmrunError):
     """A KVM operation failed. `op` names it (usually the ioctl), `errno` says why, or is None
     where the failure is no system error (a wrong API version, a short MSR write ...)."""
 

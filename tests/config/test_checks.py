@@ -856,6 +856,93 @@ def test_rlimit_within_hard(write_vm, soft: int, hard: int) -> None:
     assert vm.resources.workload.rlimits["core"].soft == soft
 
 
+# --- oem_strings -----------------------------------------------------------------------------
+
+
+def _oem_strings(strings: list[str]) -> str:
+    return "smbios_oem_strings = [\n" + "".join(f'  "{s}",\n' for s in strings) + "]\n"
+
+
+def test_oem_strings_too_many(write_vm) -> None:
+    path = write_vm(_oem_strings([f"s{i}" for i in range(256)]))
+    message = (
+        "256 strings; the SMBIOS OEM Strings structure holds at most 255 (its count is one byte)"
+    )
+    assert problems(path) == [("smbios_oem_strings", message)]
+    assert lines(path) == [f"{path}:1:1: smbios_oem_strings: {message}"]
+
+
+def test_oem_strings_255_pass(write_vm) -> None:
+    vm = passes(write_vm(_oem_strings([f"s{i}" for i in range(255)])))
+    assert vm.resources.smbios_oem_strings[254] == "s254"
+
+
+def test_oem_string_empty(write_vm) -> None:
+    path = write_vm('smbios_oem_strings = ["a", ""]\n')
+    message = "is empty; an SMBIOS string needs a character (an empty one ends the string set)"
+    assert problems(path) == [("smbios_oem_strings[1]", message)]
+    assert lines(path) == [f"{path}:1:28: smbios_oem_strings[1]: {message}"]
+
+
+def test_oem_string_with_nul(write_vm) -> None:
+    path = write_vm(_oem_strings(["a", "b", "key=\\u0000value"]))
+    message = "holds a NUL character at position 4; an SMBIOS string ends at a NUL"
+    assert problems(path) == [("smbios_oem_strings[2]", message)]
+    assert lines(path) == [f"{path}:4:3: smbios_oem_strings[2]: {message}"]
+
+
+def test_oem_strings_too_big(write_vm) -> None:
+    # Bytes in UTF-8, each string with its NUL: 32704 two-byte characters take 65409.
+    path = write_vm(_oem_strings(["é" * 32704]))
+    message = (
+        "the strings take 65409 bytes in UTF-8 with their NULs; the SMBIOS tables have room "
+        "for 65407"
+    )
+    assert problems(path) == [("smbios_oem_strings", message)]
+    assert lines(path) == [f"{path}:1:1: smbios_oem_strings: {message}"]
+
+
+@pytest.mark.parametrize(
+    "strings",
+    [["x" * 65406], ["é" * 32703], ["a" * 200] * 255, []],
+    ids=["one-byte", "two-byte", "255", "none"],
+)
+def test_oem_strings_that_fit_pass(write_vm, strings: list[str]) -> None:
+    vm = passes(write_vm(_oem_strings(strings)))
+    assert vm.resources.smbios_oem_strings == tuple(strings)
+
+
+def test_oem_strings_every_problem_at_once(write_vm) -> None:
+    # Reported in file order: the list's own problems at its key, then each string's.
+    path = write_vm(_oem_strings(["", "\\u0000"] + ["z" * 300] * 254))
+    assert problems(path) == [
+        (
+            "smbios_oem_strings",
+            "256 strings; the SMBIOS OEM Strings structure holds at most 255 (its count is one "
+            "byte)",
+        ),
+        (
+            "smbios_oem_strings",
+            "the strings take 76457 bytes in UTF-8 with their NULs; the SMBIOS tables have room "
+            "for 65407",
+        ),
+        (
+            "smbios_oem_strings[0]",
+            "is empty; an SMBIOS string needs a character (an empty one ends the string set)",
+        ),
+        (
+            "smbios_oem_strings[1]",
+            "holds a NUL character at position 0; an SMBIOS string ends at a NUL",
+        ),
+    ]
+    assert [line.split(": ")[0] for line in lines(path)] == [
+        f"{path}:1:1",
+        f"{path}:1:1",
+        f"{path}:2:3",
+        f"{path}:3:3",
+    ]
+
+
 # --- text the rules measure in bytes ---------------------------------------------------------
 
 
@@ -1132,4 +1219,5 @@ def test_rules_are_all_exercised() -> None:
         "network_rules",
         "socket_paths",
         "rlimits",
+        "oem_strings",
     ]

@@ -180,12 +180,23 @@ def test_exit_port_takes_only_the_magic() -> None:
 
 def test_debug_port_stamps_milestones_only() -> None:
     ticks = iter([1.0, 2.0])
-    port = DebugPort(clock=lambda: next(ticks))
+    reported: list[str] = []
+    port = DebugPort(reported.append, clock=lambda: next(ticks))
     port.write(0, 1, 0)  # the kernel's io delay
     port.write(0, 1, 1)
     port.write(0, 1, 6)
     port.write(0, 1, 7)
-    assert port.stamps == [(1, 1.0), (6, 2.0)]
+    assert port.stamps == {1: 1.0, 6: 2.0}
+    assert reported == ["init started", "workload exited"]
+
+
+def test_debug_port_keeps_each_milestone_once() -> None:
+    # A hostile guest writing milestones in a loop must not grow the VMM's memory.
+    port = DebugPort()
+    for _ in range(100_000):
+        port.write(0, 1, 5)
+    port.write(0, 1, 1)
+    assert list(port.stamps) == [5, 1]
 
 
 def test_pci_config_space_has_no_device() -> None:

@@ -67,11 +67,12 @@ import struct
 
 from runner.arch.x86_64 import layout
 from runner.devices.legacy import i8042, serial
+from runner.errors import VmrunError
 
 MAX_VCPUS = 254
 ACPI_ADDRESS = layout.ACPI_START
 # The tables must end below the start of the kernel's RAM at 1 MiB.
-ACPI_END = layout.HIMEM_START
+ACPI_END = layout.SMBIOS_START
 TABLE_ALIGN = 16  # each table starts on a paragraph, like the RSDP must
 
 OEM_ID = b"VMRUN "  # 6 bytes, space padded
@@ -175,7 +176,7 @@ NMI_LINT = 1
 IOAPIC_GSI_BASE = 0
 
 
-class AcpiError(ValueError):
+class AcpiError(VmrunError, ValueError):
     """ACPI tables that cannot describe the machine."""
 
 
@@ -407,5 +408,5 @@ def acpi_tables(vcpus: int, legacy_pic: bool = True) -> list[tuple[int, bytes]]:
     for (gpa, data), (next_gpa, _) in itertools.pairwise(writes):
         assert gpa + len(data) <= next_gpa, f"ACPI table at {gpa:#x} overlaps the next"
     last_gpa, last = writes[-1]
-    assert last_gpa + len(last) <= ACPI_END, "the ACPI tables run past 1 MiB"
+    assert last_gpa + len(last) <= ACPI_END, "the ACPI tables run into the SMBIOS area"
     return writes

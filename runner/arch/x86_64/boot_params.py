@@ -32,9 +32,10 @@ from collections.abc import Sequence
 import attrs
 
 from runner.arch.x86_64 import layout
+from runner.errors import VmrunError
 
 
-class BootParamsError(ValueError):
+class BootParamsError(VmrunError, ValueError):
     """Boot parameters that the kernel would not accept as given."""
 
 

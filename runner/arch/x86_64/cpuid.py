@@ -40,6 +40,8 @@ from typing import Literal
 
 import attrs
 
+from runner.errors import VmrunError
+
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1  # the kernel's spelling
 
 Register = Literal["eax", "ebx", "ecx", "edx"]
@@ -66,7 +68,7 @@ VENDOR_INTEL = b"GenuineIntel"
 MAX_VCPUS = 254  # what the MP table can describe
 
 
-class CpuidError(ValueError):
+class CpuidError(VmrunError, ValueError):
     """A CPUID table that cannot be made for this machine."""
 
 

@@ -84,10 +84,18 @@ MPTABLE_START = EBDA_START
 # The ACPI tables (RSDP first, then XSDT, FADT, DSDT, MADT) go at the start of the BIOS
 # read-only area, where Linux scans for the RSDP ("RSD PTR ", 16-byte aligned, 0xe0000 up to
 # 1 MiB) when the zero page gives no acpi_rsdp_addr; Firecracker's RSDP is here too. The e820
-# map leaves it out of RAM, so the kernel keeps the tables; they must end below HIMEM_START.
+# map leaves it out of RAM, so the kernel keeps the tables; they must end below SMBIOS_START.
 ACPI_START = 0xE0000
 # Where RAM resumes above the legacy VGA/BIOS hole (0xa0000-0xfffff) in the e820 map.
 HIMEM_START = 1 * MIB
+# The SMBIOS 3.0 entry point ("_SM3_", 24 bytes), its structure table right after: without
+# EFI, Linux scans 0xf0000-0xfffff in 16-byte steps for the entry point and looks at 0xf0000
+# first, so no OEM string in the table can be taken for one. The ACPI tables end far below
+# (2846 bytes from ACPI_START with 254 vCPUs); the e820 map leaves this area out of RAM too,
+# so the kernel keeps the tables.
+SMBIOS_START = 0xF0000
+# The SMBIOS area ends where RAM, and the kernel, begin.
+SMBIOS_END = HIMEM_START
 
 # --- Above the RAM: fixed interrupt-controller windows inside the 32-bit MMIO gap -----------
 # The default I/O APIC and local APIC base addresses (Linux apicdef.h), which KVM's

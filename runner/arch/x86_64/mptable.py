@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 
 from runner.arch.x86_64 import layout
+from runner.errors import VmrunError
 
 MAX_VCPUS = 254
 MPTABLE_ADDRESS = layout.MPTABLE_START
@@ -69,7 +70,7 @@ IOAPIC = struct.Struct("<BBBBI")
 INTSRC = struct.Struct("<BBHBBBB")  # also the layout of a local interrupt (LINTSRC) entry
 
 
-class MptableError(ValueError):
+class MptableError(VmrunError, ValueError):
     """An MP table that cannot describe the machine."""
 
 

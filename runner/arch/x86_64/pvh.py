@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 from runner.arch.x86_64 import layout, page_tables
 from runner.arch.x86_64.boot_params import E820Entry, Initrd
+from runner.errors import VmrunError
 
 XEN_HVM_START_MAGIC_VALUE = 0x336E_C578
 START_INFO_VERSION = 1  # the first version with a memory map, which a non-Xen guest needs
@@ -55,7 +56,7 @@ ENTRY_CONTROL = page_tables.ControlRegisters(
 _FOUR_GIB = layout.FIRST_ADDR_PAST_32BITS
 
 
-class PvhError(ValueError):
+class PvhError(VmrunError, ValueError):
     """Boot information that the PVH entry cannot carry as given."""
 
 

@@ -36,15 +36,23 @@ class ExitPort:
 
 
 class DebugPort:
-    """Stamps each milestone with the monotonic clock; other values (io delays) are ignored."""
+    """Stamps each milestone the first time it is written, with the monotonic clock, and
+    passes its name to `report` (the run's timeline); repeats and other values (io delays)
+    are ignored, so a guest writing in a loop grows nothing."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        report: Callable[[str], None] = lambda _: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._report = report
         self._clock = clock
-        self.stamps: list[tuple[int, float]] = []
+        self.stamps: dict[int, float] = {}
 
     def read(self, offset: int, size: int) -> int:
         return 0xFF
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if size == 1 and value in MILESTONES:
-            self.stamps.append((value, self._clock()))
+        if size == 1 and value in MILESTONES and value not in self.stamps:
+            self.stamps[value] = self._clock()
+            self._report(MILESTONES[value])
