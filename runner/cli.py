@@ -275,10 +275,15 @@ def show(file: str, fmt: str) -> int:
 def run(
     file: str, host: str, workload: list[str] | None, timeout_s: float, show_timings: bool
 ) -> int:
+    import os
+
     from runner import timings
+    from runner.emulated.host import INSIDE_ENV
 
     if show_timings:
         timings.TIMELINE.enable()
+        inside = " (inside the emulated host)" if os.environ.get(INSIDE_ENV) else ""
+        timings.mark(f"vmrun started{inside}")
     try:
         return _run(file, host, workload, timeout_s)
     finally:
@@ -295,7 +300,6 @@ def _run(file: str, host: str, workload: list[str] | None, timeout_s: float) -> 
     from runner.unsupported import refusals
 
     inside = " (inside the emulated host)" if os.environ.get(INSIDE_ENV) else ""
-    timings.mark(f"vmrun started{inside}")
     vm = load(file)
     refused = refusals(vm.resources)
     if refused:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,15 +105,85 @@ def test_run_invalid_file_exits_125(bad_file: str) -> None:
         assert f"{bad_file}:2:1: machine.vcpu_count" in result.stderr
 
 
-def test_the_readme_command_boots_the_dev_vm() -> None:
-    # `vmrun configs/dev.toml`: on /dev/kvm where it boots Linux, else through the emulated
-    # host, saying so once; the workload's output and status come back.
-    result = vmrun(DEV)
-    assert result.returncode == 0, result.stderr
-    assert "hello from dev, Linux " in result.stdout
+FIRST_RUN_PHASES = [
+    "vmrun: downloading linux-image-",
+    "vmrun: downloading busybox-static",
+    "vmrun: building the guest's initramfs",
+    "vmrun: booting the VM",
+]
+EMULATED_PHASES = [
+    "vmrun: building the emulated KVM host's image",
+    "vmrun: booting the emulated KVM host",
+]
+
+
+def as_a_new_user(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The README's command, `.venv/bin/vmrun ...` from the checkout, with `cache` as
+    vmrun's cache (an empty directory is a new user's)."""
+    script = Path(sys.executable).with_name("vmrun")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "runner"]
+    env = {**os.environ, "VMRUN_CACHE": str(cache)}
+    env.pop("VMRUN_FIRST_RUN", None)
+    result = subprocess.run(
+        [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_the_readme_command_on_a_fresh_machine_and_again(tmp_path: Path) -> None:
+    # `vmrun configs/dev.toml` with an empty cache: everything is downloaded and built on
+    # this host before the emulated host (which has no network) is entered, each slow phase
+    # says so on stderr; the second run is quiet. On /dev/kvm where it boots Linux, no
+    # emulated host; else it says once that it uses one.
     status = kvm_status()
-    said = f"vmrun: {status.reason}; running in the emulated KVM host"
-    assert result.stderr.count(said) == (0 if status.usable else 1)
+    for run in ("first", "second"):
+        result = as_a_new_user(tmp_path / "cache", "configs/dev.toml")
+        assert result.returncode == 0, result.stderr
+        assert "hello from dev, Linux " in result.stdout
+        said = [line for line in result.stderr.splitlines() if line.startswith("vmrun: ")]
+        using = f"vmrun: {status.reason}; running in the emulated KVM host"
+        assert said.count(using) == (0 if status.usable else 1), result.stderr
+        phases = FIRST_RUN_PHASES + ([] if status.usable else EMULATED_PHASES)
+        for phase in phases:
+            shown = [line for line in said if line.startswith(phase)]
+            assert len(shown) == (1 if run == "first" else 0), (phase, result.stderr)
+
+
+def test_the_emulated_host_on_a_fresh_machine(tmp_path: Path) -> None:
+    result = as_a_new_user(tmp_path / "cache", "emulated-host", "--", "/bin/sh", "-c", "echo in")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "in\n"
+    for phase in ("vmrun: downloading linux-image-", *EMULATED_PHASES):
+        assert phase in result.stderr
+
+
+def test_run_timings_name_every_phase(tmp_path: Path) -> None:
+    result = vmrun("run", "--timings", DEV)
+    assert result.returncode == 0, result.stderr
+    report = result.stderr[result.stderr.index("vmrun: timings") :].splitlines()[1:]
+    phases = [line.split(maxsplit=2)[2] for line in report]
+    inside = " (inside the emulated host)" if not kvm_status().usable else ""
+    expected = [
+        "vmrun started",
+        "VM file loaded",
+        *(["guest provisioned", "emulated host booted"] if inside else []),
+        *([f"vmrun started{inside}", f"VM file loaded{inside}"] if inside else []),
+        "initramfs ready",
+        "machine built",
+        "kernel entered (vCPUs running)",
+        "init started",
+        "mounts done",
+        "modules loaded",
+        "root mounted",
+        "workload started",
+        "workload exited",
+        "torn down",
+        *(["emulated host ended"] if inside else []),
+    ]
+    assert phases == expected, result.stderr
+    ends = [float(line.split()[0]) for line in report]
+    assert ends == sorted(ends)
 
 
 def test_run_workload_from_the_command_line() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+import runner
 from runner import timings
 from runner.config.fields import PathUse
 from runner.config.load import VmFile
@@ -45,13 +46,38 @@ def _read_only(vm: VmFile, key_path: tuple[str | int, ...]) -> bool:
 def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: float) -> Outcome:
     # With --timings, the vmrun inside sends its phases to this one's timeline.
     show_timings = ["--timings"] if timings.TIMELINE.enabled else []
-    argv = [sys.executable, "-m", "runner", "run", *show_timings, "--host", "kvm"]
+    # -S: the interpreter inside skips site's work (the venv's .pth files, the editable
+    # install's finder: a second of emulated time) and gets this one's module path instead.
+    argv = [sys.executable, "-S", "-m", "runner", "run", *show_timings, "--host", "kvm"]
     argv.append(os.path.abspath(vm.path))
     if workload is not None:
         argv += ["--", *workload]
     memory = max(MIN_HOST_MIB, vm.resources.machine.mem_size_mib + HOST_OVERHEAD_MIB)
     cpus = max(2, min(vm.resources.machine.vcpu_count, os.cpu_count() or 2))
+    _compiled_modules()
     settings = Settings(
-        cpus=cpus, memory_mib=memory, timeout_s=timeout_s, writable=writable_dirs(vm)
+        cpus=cpus,
+        memory_mib=memory,
+        timeout_s=timeout_s,
+        writable=writable_dirs(vm),
+        env=(("PYTHONPATH", _module_path()),),
     )
     return run_in_host(provision(), argv, settings, sys.stdout.buffer, sys.stderr.buffer)
+
+
+def _compiled_modules() -> None:
+    """Compile vmrun's modules here, where the checkout is writable: inside, the host's files
+    are read-only, and every module without a current .pyc would be compiled again at each
+    run, at emulated speed. Up-to-date modules cost a stat each; failures change nothing."""
+    import compileall
+
+    package = os.path.dirname(os.path.abspath(runner.__file__))
+    compileall.compile_dir(package, quiet=2)
+
+
+def _module_path() -> str:
+    """Where this vmrun's modules and its dependencies are found: the directory that holds
+    the `runner` package, then this interpreter's path (site's result)."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(runner.__file__)))
+    paths = [package_parent, *(path for path in sys.path if path)]
+    return os.pathsep.join(dict.fromkeys(paths))

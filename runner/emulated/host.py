@@ -55,6 +55,7 @@ class Settings:
     timeout_s: float = 3600.0
     writable: tuple[str, ...] = ()  # besides the current directory
     hung_after_s: float = 240.0  # no heartbeat from the host's init for this long: it hung
+    env: tuple[tuple[str, str], ...] = ()  # set for the command, besides this environment
 
 
 @attrs.frozen
@@ -87,7 +88,7 @@ def run_in_host(
         (scratch_path / "tmp").mkdir()
         # The cache too: provisioned kernels and images are reused, and built ones kept.
         writable = _writable_dirs(cwd, (*settings.writable, str(cache_dir())))
-        _write_job(scratch_path, argv, cwd, writable)
+        _write_job(scratch_path, argv, cwd, writable, dict(settings.env))
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         events_r, events_w = os.pipe()
@@ -126,7 +127,9 @@ def _writable_dirs(cwd: str, extra: Sequence[str]) -> list[str]:
     return dirs
 
 
-def _write_job(scratch: Path, argv: Sequence[str], cwd: str, writable: list[str]) -> None:
+def _write_job(
+    scratch: Path, argv: Sequence[str], cwd: str, writable: list[str], extra_env: dict[str, str]
+) -> None:
     # Sourced by the init (PID 1): it must not exit, only report through `fail`.
     # (A 9p channel mounts once: the scratch directory, already on /scratch, is bound.)
     mounts = [(f"-t 9p -o $P9,cache=loose rw{i}", path) for i, path in enumerate(writable)]
@@ -139,7 +142,7 @@ def _write_job(scratch: Path, argv: Sequence[str], cwd: str, writable: list[str]
     (scratch / "mounts.sh").write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if ENV_NAME.match(k)}
     # No network inside: a package missing from the cache is an error that says so.
-    env.update({"TMPDIR": str(scratch / "tmp"), INSIDE_ENV: "1", OFFLINE_ENV: "1"})
+    env.update({"TMPDIR": str(scratch / "tmp"), INSIDE_ENV: "1", OFFLINE_ENV: "1", **extra_env})
     job = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
     job += [f"cd {shlex.quote(cwd)} || exit 125", "exec " + shlex.join(argv)]
     (scratch / "job.sh").write_text("\n".join(job) + "\n")
@@ -168,7 +171,7 @@ def _qemu_command(
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initramfs),
-        "-append", "console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init",
+        "-append", "console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init mitigations=off",
         "-serial", f"file:{scratch / 'console.log'}",
         "-device", "virtio-serial-pci,id=ports",
     ]  # fmt: skip
