@@ -301,12 +301,12 @@ def _run(file: str, host: str, workload: list[str] | None, timeout_s: float) -> 
 
     inside = " (inside the emulated host)" if os.environ.get(INSIDE_ENV) else ""
     vm = load(file)
-    refused = refusals(vm.resources)
-    if refused:
-        raise vm.error(refused)
     if workload is None and vm.resources.workload is None:
         _say(f"{file} has no [workload]; give one after `--`")
         return ExitStatus.VMM_FAILURE
+    refused = refusals(vm.resources)
+    if refused:
+        raise vm.error(refused)
     timings.mark(f"VM file loaded{inside}")
     status = kvm_status()
     where = choose_host(host, status)
@@ -362,5 +362,5 @@ def emulated_host(
     settings = Settings(cpus, memory_mib, timeout_s, writable, hung_after_s)
     outcome = run_in_host(image, argv, settings, sys.stdout.buffer, sys.stderr.buffer)
     if outcome.message:
-        _say(f"emulated-host: {outcome.message}")
+        _say(outcome.message)
     return outcome.status

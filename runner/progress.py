@@ -2,9 +2,9 @@
 work to do (a download, a build), so that later runs, served from the cache, stay quiet.
 
 `slow(...)` says a slow step is starting and marks this run as a first run; `phase(...)`
-announces a phase (booting the emulated host, booting the VM) only on such a run. The mark
-travels into the emulated host with the environment (`FIRST_RUN_ENV`), so the vmrun inside
-announces its phases too.
+announces a phase (booting the emulated host, booting the VM) only on such a run. `vmrun
+run` passes the mark to the vmrun it starts inside the emulated host (`FIRST_RUN_ENV`), so
+that one announces its phases too; nothing else inherits it.
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ import os
 import sys
 
 FIRST_RUN_ENV = "VMRUN_FIRST_RUN"
+_first_run = False  # this process did slow work
 
 
 def first_run() -> bool:
-    return os.environ.get(FIRST_RUN_ENV) == "1"
+    return _first_run or os.environ.get(FIRST_RUN_ENV) == "1"
 
 
 def slow(what: str) -> None:
     """A slow step starts: say so, and announce the phases after it."""
-    os.environ[FIRST_RUN_ENV] = "1"
+    global _first_run
+    _first_run = True
     _say(what)
 
 

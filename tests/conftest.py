@@ -8,31 +8,30 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import guest_kernels
 import pytest
 
+from runner import progress
 from runner.cache import cache_dir
 from runner.emulated.host import HARNESS_FAILURE, INSIDE_ENV, TIMED_OUT, qemu_missing
-from runner.guest import debian
 from runner.guest.debian import PackageError
+from runner.guest.initramfs import GuestImageError, base_image
 from runner.guest.kernel import default_kernel
 from runner.host_kvm import kvm_status
-from runner.progress import FIRST_RUN_ENV
 
 WriteVm = Callable[..., str]
 
 
 @pytest.fixture(autouse=True)
-def not_a_first_run() -> Iterator[None]:
-    """A download or build in one test marks the process as on a first run (runner.progress,
-    through the environment); no other test inherits that."""
-    os.environ.pop(FIRST_RUN_ENV, None)
-    yield
-    os.environ.pop(FIRST_RUN_ENV, None)
+def not_a_first_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download or build in one test marks the process as on a first run (runner.progress);
+    no other test inherits that."""
+    monkeypatch.setattr(progress, "_first_run", False)
+    monkeypatch.delenv(progress.FIRST_RUN_ENV, raising=False)
 
 
 @pytest.fixture
@@ -143,10 +142,11 @@ def _run_in_emulated_host(
     why_not = qemu_missing()
     if why_not is None:
         try:
-            # The emulated host has no network: download here what boot tests build guests from.
+            # The emulated host has no network: download and build here what boot tests
+            # build guests from (as `vmrun run` does before it enters).
             kernel = default_kernel()
-            debian.fetch("busybox-static")
-        except PackageError as exc:
+            base_image()
+        except (PackageError, GuestImageError) as exc:
             why_not = f"cannot provision what boot tests need: {exc}"
         else:
             _provision_other_kernels(reporter, kernel.image)

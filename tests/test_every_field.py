@@ -300,9 +300,7 @@ def fields_the_build_reads(
 
 
 def test_the_samples_set_every_field(sample_dir: Path) -> None:
-    covered = {
-        field for name in SAMPLES for field, _ in set_fields(load_sample(name, sample_dir))
-    }
+    covered = {field for name in SAMPLES for field, _ in set_fields(load_sample(name, sample_dir))}
     missing = sorted(f"{cls.__name__}.{name}" for cls, name in model_fields() - covered)
     assert not missing, f"no sample sets these fields to other than their default: {missing}"
 

@@ -11,7 +11,7 @@ import os
 import sys
 
 import runner
-from runner import timings
+from runner import progress, timings
 from runner.config.fields import PathUse
 from runner.config.load import VmFile
 from runner.config.paths import host_paths
@@ -60,9 +60,14 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
         memory_mib=memory,
         timeout_s=timeout_s,
         writable=writable_dirs(vm),
-        env=(("PYTHONPATH", _module_path()),),
+        env=(("PYTHONPATH", _module_path()), *_first_run()),
     )
     return run_in_host(provision(), argv, settings, sys.stdout.buffer, sys.stderr.buffer)
+
+
+def _first_run() -> tuple[tuple[str, str], ...]:
+    """On a first run, the vmrun inside announces its phases too."""
+    return ((progress.FIRST_RUN_ENV, "1"),) if progress.first_run() else ()
 
 
 def _compiled_modules() -> None:

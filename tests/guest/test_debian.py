@@ -67,3 +67,32 @@ def test_missing_apt_says_what_is_needed(cache: Path, monkeypatch: pytest.Monkey
         "`apt-get` is not available: vmrun fetches Debian packages with apt (Debian and Ubuntu "
         "hosts); or set kernel.path in the VM file to a kernel image you have"
     )
+
+
+def test_offline_a_missing_package_is_named_never_downloaded(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As inside the emulated host, which has no network: apt still says where the package
+    # is, but nothing is downloaded, and the message says how to get it.
+    uri = "'http://deb.example/pool/p_1_amd64.deb' p_1_amd64.deb 9 SHA256:" + "0" * 64 + "\n"
+    monkeypatch.setattr(debian, "_apt", lambda *args: uri)
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("downloaded"))
+    monkeypatch.setenv(debian.OFFLINE_ENV, "1")
+    with pytest.raises(debian.PackageError) as info:
+        debian.fetch("p")
+    assert str(info.value) == (
+        f"p is not in vmrun's cache ({cache / 'debs'}), and there is no network here "
+        "(VMRUN_OFFLINE is set, as inside the emulated host): run `vmrun run` outside the "
+        "emulated host, which provisions what a VM needs before it enters, or set "
+        "kernel.path in the VM file to a kernel you have"
+    )
+    assert list((cache / "debs").iterdir()) == []
+
+
+def test_a_download_says_so_once(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("no network"))
+    with pytest.raises(pytest.fail.Exception):
+        debian._download("http://x/p.deb", cache / "p.deb", 2_500_000, "0" * 64, "p")
+    assert capsys.readouterr().err.startswith(f"vmrun: downloading p (2.5 MB) into {cache}\n")
