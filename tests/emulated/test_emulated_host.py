@@ -188,8 +188,7 @@ def test_missing_qemu_is_the_harness_failing(tmp_path: Path) -> None:
     )
     assert result.returncode == 125
     assert result.stderr == (
-        "vmrun: qemu-system-x86_64 is not installed: "
-        "install Debian's qemu-system-x86\n"
+        "vmrun: qemu-system-x86_64 is not installed: install Debian's qemu-system-x86\n"
     )
 
 
