@@ -275,15 +275,11 @@ def show(file: str, fmt: str) -> int:
 def run(
     file: str, host: str, workload: list[str] | None, timeout_s: float, show_timings: bool
 ) -> int:
-    import os
-
     from runner import timings
-    from runner.emulated.host import INSIDE_ENV
 
     if show_timings:
         timings.TIMELINE.enable()
-        inside = " (inside the emulated host)" if os.environ.get(INSIDE_ENV) else ""
-        timings.mark(f"vmrun started{inside}")
+        timings.mark(f"vmrun started{_where()}")
     try:
         return _run(file, host, workload, timeout_s)
     finally:
@@ -291,15 +287,11 @@ def run(
 
 
 def _run(file: str, host: str, workload: list[str] | None, timeout_s: float) -> int:
-    import os
-
     from runner import timings
     from runner.config.load import load
-    from runner.emulated.host import INSIDE_ENV
     from runner.host_kvm import choose_host, kvm_status
     from runner.unsupported import refusals
 
-    inside = " (inside the emulated host)" if os.environ.get(INSIDE_ENV) else ""
     vm = load(file)
     if workload is None and vm.resources.workload is None:
         _say(f"{file} has no [workload]; give one after `--`")
@@ -307,7 +299,7 @@ def _run(file: str, host: str, workload: list[str] | None, timeout_s: float) -> 
     refused = refusals(vm.resources)
     if refused:
         raise vm.error(refused)
-    timings.mark(f"VM file loaded{inside}")
+    timings.mark(f"VM file loaded{_where()}")
     status = kvm_status()
     where = choose_host(host, status)
     if where == "emulated":
@@ -315,6 +307,13 @@ def _run(file: str, host: str, workload: list[str] | None, timeout_s: float) -> 
             _say(f"{status.reason}; running in the emulated KVM host")
         return _run_emulated(vm, workload, timeout_s)
     return _run_on_kvm(vm, workload)
+
+
+def _where() -> str:
+    """How a phase of the vmrun inside the emulated host is named in --timings."""
+    from runner.host_kvm import inside_emulated_host
+
+    return " (inside the emulated host)" if inside_emulated_host() else ""
 
 
 def _run_on_kvm(vm: VmFile, workload: list[str] | None) -> int:

@@ -53,6 +53,14 @@ def _cpu_flags(cpuinfo: Path) -> set[str]:
     return set()
 
 
+# Set by vmrun for what runs inside the emulated host, so that nested tools know where they are.
+INSIDE_ENV = "VMRUN_IN_EMULATED_HOST"
+
+
+def inside_emulated_host() -> bool:
+    return bool(os.environ.get(INSIDE_ENV))
+
+
 class HostChoiceError(VmrunError):
     """`--host kvm` on a host whose KVM cannot boot Linux."""
 

@@ -32,6 +32,7 @@ from runner.cache import cache_dir
 from runner.emulated.image import HostImage
 from runner.errors import VmrunError
 from runner.guest.debian import OFFLINE_ENV
+from runner.host_kvm import INSIDE_ENV
 
 TIMED_OUT = 124  # as timeout(1)
 HARNESS_FAILURE = 125  # vmrun's own failure, not the command's
@@ -40,8 +41,6 @@ PR_SET_PDEATHSIG = 1
 HEARTBEAT_POLL_S = 2.0
 Ended = Literal["ended", "timed out", "hung"]
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Set by vmrun inside the emulated host, so that nested tools know where they are.
-INSIDE_ENV = "VMRUN_IN_EMULATED_HOST"
 
 
 class HarnessError(VmrunError):
@@ -171,7 +170,7 @@ def _qemu_command(
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initramfs),
-        "-append", "console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init mitigations=off",
+        "-append", "console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init",
         "-serial", f"file:{scratch / 'console.log'}",
         "-device", "virtio-serial-pci,id=ports",
     ]  # fmt: skip

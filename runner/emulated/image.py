@@ -8,12 +8,16 @@ built once and cached under a key of everything they are made from.
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import attrs
 
 from runner import progress
+from runner.boot import elf
 from runner.boot.initramfs import Entry, compressed, cpio
 from runner.cache import cache_dir
 from runner.emulated.host_init import HOST_INIT
@@ -21,6 +25,13 @@ from runner.guest import debian
 
 KERNEL_PACKAGE = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
+
+# The bzImage's setup header (Documentation/arch/x86/boot.rst): setup sectors, and where its
+# compressed payload is, from the protected-mode code's start.
+_SETUP_SECTS = 0x1F1
+_PAYLOAD_OFFSET = 0x248  # u32 payload_offset, u32 payload_length
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 # Load order matters: each module after the ones it needs (there is no depmod here).
 MODULES = (
@@ -42,10 +53,10 @@ def provision() -> HostImage:
     kernel_deb = debian.fetch(debian.depends_of(KERNEL_PACKAGE))
     busybox_deb = debian.fetch(BUSYBOX_PACKAGE)
     key = hashlib.sha256(
-        "\0".join([kernel_deb.name, busybox_deb.name, HOST_INIT, *MODULES]).encode()
+        "\0".join([kernel_deb.name, busybox_deb.name, HOST_INIT, *MODULES, "pvh"]).encode()
     ).hexdigest()[:16]
     target = cache_dir("emulated-host", key)
-    image = HostImage(target / "vmlinuz", target / "initramfs.gz")
+    image = HostImage(target / "kernel", target / "initramfs.gz")
     if image.kernel.exists() and image.initramfs.exists():
         return image
     progress.slow("building the emulated KVM host's image (its kernel, busybox and modules)")
@@ -55,8 +66,30 @@ def provision() -> HostImage:
     release = vmlinuz.name.removeprefix("vmlinuz-")
     archive = cpio(_entries(kernel_tree / "lib" / "modules" / release, busybox_tree))
     _write_atomically(image.initramfs, compressed(archive))
-    _write_atomically(image.kernel, vmlinuz.read_bytes())
+    _write_atomically(image.kernel, _boot_kernel(vmlinuz.read_bytes()))
     return image
+
+
+def _boot_kernel(bzimage: bytes) -> bytes:
+    """The kernel QEMU boots fastest: the vmlinux inside the bzImage, entered through its PVH
+    note, where the standard library can decompress it; else the bzImage. Debian's is XZ,
+    whose decompression under TCG took about 6 of the emulated host's 13 s to its job."""
+    setup_sects = bzimage[_SETUP_SECTS] or 4
+    offset, length = struct.unpack_from("<II", bzimage, _PAYLOAD_OFFSET)
+    start = (setup_sects + 1) * 512 + offset
+    payload = bzimage[start : start + length]
+    try:
+        if payload.startswith(_XZ_MAGIC):
+            vmlinux = lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(payload)
+        elif payload.startswith(_GZIP_MAGIC):
+            vmlinux = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(payload)
+        else:
+            return bzimage
+        if elf.parse(vmlinux).pvh_entry is not None:
+            return vmlinux
+    except (lzma.LZMAError, zlib.error, elf.ElfError):
+        pass
+    return bzimage
 
 
 def _entries(module_dir: Path, busybox_tree: Path) -> list[Entry]:
