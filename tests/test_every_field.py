@@ -14,48 +14,19 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import attrs
 import pytest
-from arch.test_cpuid import supported as skylake_cpuid
+from fake_machine import fake_bzimage, stand_in_for_kvm
 
 from runner import builder
 from runner.boot.loader import load_kernel
 from runner.config import devices, model
 from runner.config.load import load
 from runner.config.problems import KeyPath
-from runner.guest.kernel import GuestKernel
 from runner.unsupported import refusals
 
 Field = tuple[type, str]  # (attrs class, field name)
-
-# A bzImage that the loader accepts: a setup header (protocol 2.15, relocatable, 64-bit
-# entry) and a 1 KiB protected-mode part.
-SETUP_SECTS = 4
-
-
-def fake_bzimage() -> bytes:
-    import struct
-
-    setup = bytearray((SETUP_SECTS + 1) * 512)
-    setup[0x1F1] = SETUP_SECTS
-    struct.pack_into("<I", setup, 0x1F4, 1024 // 16)
-    setup[0x1FE:0x200] = b"\x55\xaa"
-    setup[0x200:0x202] = bytes([0xEB, 0x6A])
-    setup[0x202:0x206] = b"HdrS"
-    struct.pack_into("<H", setup, 0x206, 0x020F)
-    setup[0x211] = 0x01  # loaded high
-    struct.pack_into("<I", setup, 0x214, 0x100000)
-    struct.pack_into("<I", setup, 0x230, 2 << 20)
-    setup[0x234] = 1  # relocatable
-    setup[0x235] = 21
-    struct.pack_into("<H", setup, 0x236, 0x7F)
-    struct.pack_into("<I", setup, 0x238, 2047)
-    struct.pack_into("<Q", setup, 0x258, 16 << 20)
-    struct.pack_into("<I", setup, 0x260, 8 << 20)
-    return bytes(setup) + bytes(1024)
-
 
 # Samples: together they set every field. {d} is the test's directory (files exist there).
 SAMPLES = {
@@ -282,16 +253,7 @@ def fields_the_build_reads(
 ) -> set[Field]:
     reads: set[Field] = set()
     with monkeypatch.context() as patch:
-        # /dev/kvm stands in: every KVM call succeeds; the CPUID is a plausible host's.
-        kvm = mock.MagicMock()
-        kvm.__enter__.return_value = kvm
-        kvm.get_supported_cpuid.return_value = skylake_cpuid()
-        patch.setattr(builder, "Kvm", lambda: kvm)
-        base = directory / "base.cpio.gz"
-        base.write_bytes(bytes(512))
-        patch.setattr("runner.guest.initramfs.base_image", lambda: base)
-        image = directory / "bzImage"
-        patch.setattr(builder, "default_kernel", lambda: GuestKernel(image, directory, "test"))
+        stand_in_for_kvm(patch, directory)
         for cls, name in model_fields():
             patch.setattr(cls, name, _Recorder(cls.__dict__[name], (cls, name), reads))
         machine = builder.build(resources, builder.workload_argv(resources, None))
