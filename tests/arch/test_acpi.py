@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from guest_area import laid_out
 
 from runner.arch.x86_64 import acpi, boot_params, layout
 
@@ -18,13 +19,7 @@ VCPU_COUNTS = [1, 2, 4, 32]
 
 def memory(writes: list[tuple[int, bytes]]) -> bytes:
     """The region from ACPI_START to 1 MiB as the guest sees it after the writes."""
-    region = bytearray(layout.HIMEM_START - layout.ACPI_START)
-    for gpa, data in writes:
-        assert gpa >= layout.ACPI_START and gpa + len(data) <= layout.HIMEM_START
-        offset = gpa - layout.ACPI_START
-        assert not any(region[offset : offset + len(data)]), f"overlap at {gpa:#x}"
-        region[offset : offset + len(data)] = data
-    return bytes(region)
+    return laid_out(writes, layout.ACPI_START, layout.HIMEM_START)
 
 
 def find_rsdp(mem: bytes) -> int:

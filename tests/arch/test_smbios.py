@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from guest_area import laid_out
 
 from runner.arch.x86_64 import acpi, boot_params, layout, smbios
 
@@ -37,13 +38,7 @@ class Tables(NamedTuple):
 
 def memory(writes: list[tuple[int, bytes]]) -> bytes:
     """The SMBIOS area (SMBIOS_START up to 1 MiB) as the guest sees it after the writes."""
-    region = bytearray(layout.SMBIOS_END - layout.SMBIOS_START)
-    for gpa, data in writes:
-        assert gpa >= layout.SMBIOS_START and gpa + len(data) <= layout.SMBIOS_END
-        offset = gpa - layout.SMBIOS_START
-        assert not any(region[offset : offset + len(data)]), f"overlap at {gpa:#x}"
-        region[offset : offset + len(data)] = data
-    return bytes(region)
+    return laid_out(writes, layout.SMBIOS_START, layout.SMBIOS_END)
 
 
 def find_entry_point(mem: bytes) -> int:
