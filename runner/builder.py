@@ -39,7 +39,7 @@ from runner.devices.bus import IoBus, MmioBus
 from runner.devices.ioapic import MMIO_SIZE as IOAPIC_MMIO_SIZE
 from runner.devices.ioapic import IoApic
 from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, serial_input
-from runner.errors import VmrunError
+from runner.errors import VmrunError, describe
 from runner.guest.initramfs import guest_initramfs_parts
 from runner.guest.kernel import default_kernel
 from runner.kvm.memory import GuestMemory
@@ -166,13 +166,7 @@ def _step(what: str) -> Iterator[None]:
     try:
         yield
     except (VmrunError, OSError) as exc:
-        raise BuildError(f"{what}: {_describe(exc)}") from exc
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-    return str(exc)
+        raise BuildError(f"{what}: {describe(exc)}") from exc
 
 
 def _create_irqchip(vm: Vm, split: bool) -> None:

@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # What each command exits with when vmrun itself fails (a bad file, a package that cannot be
-# had, KVM, I/O, the emulated host): `validate` and `show` 1, `run` and `emulated-host` 125.
+# had, KVM, I/O, the emulated host): `validate`, `schema` and `show` 1, `run` and
+# `emulated-host` 125.
 FAILURE_STATUS = {
     "validate": ExitStatus.INVALID,
     "schema": ExitStatus.INVALID,
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _outcome(args: argparse.Namespace, workload: list[str] | None) -> int:
     """The command's exit status: the one place where errors become statuses."""
     from runner.config.problems import ConfigError
-    from runner.errors import VmrunError
+    from runner.errors import VmrunError, describe
 
     failure = FAILURE_STATUS[args.command]
     try:
@@ -152,10 +153,8 @@ def _outcome(args: argparse.Namespace, workload: list[str] | None) -> int:
         return ExitStatus.OK
     except ConfigError as error:
         print("\n".join(error.lines()), file=sys.stderr)
-    except VmrunError as exc:
-        _say(str(exc))
-    except OSError as exc:
-        _say(_os_error(exc))
+    except (VmrunError, OSError) as exc:
+        _say(describe(exc))
     except Exception as exc:
         _say(_bug(exc))
     return failure
@@ -176,11 +175,6 @@ def _dispatch(args: argparse.Namespace, workload: list[str] | None) -> int:
 
 def _say(message: str) -> None:
     print(f"vmrun: {message}", file=sys.stderr, flush=True)
-
-
-def _os_error(exc: OSError) -> str:
-    where = f"{exc.filename}: " if exc.filename else ""
-    return f"{where}{exc.strerror or exc}"
 
 
 def _bug(exc: Exception) -> str:

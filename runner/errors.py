@@ -10,3 +10,11 @@ from __future__ import annotations
 
 class VmrunError(Exception):
     """An error with a message for the user; never shown with a traceback."""
+
+
+def describe(exc: BaseException) -> str:
+    """An error's message for the user: an OSError as `FILE: reason` (not Python's
+    `[Errno 2] ...: 'FILE'`), anything else as its own message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)

@@ -16,8 +16,6 @@ from typing import BinaryIO, TextIO
 
 # Set for a vmrun inside the emulated host: the device its marks go to, one line each.
 EVENTS_ENV = "VMRUN_TIMINGS_EVENTS"
-# Written by the emulated host's init just before it runs the job.
-HOST_BOOTED = "emulated host booted"
 
 
 def process_age() -> float:
@@ -55,11 +53,11 @@ class Timeline:
             except OSError:
                 self._events = None
 
-    def mark(self, phase: str, at: float | None = None) -> None:
-        """`phase` ended now (or at monotonic time `at`); nothing when off."""
+    def mark(self, phase: str) -> None:
+        """`phase` ended now; nothing when off."""
         if self._start is None:
             return
-        now = time.monotonic() if at is None else at
+        now = time.monotonic()
         with self._lock:
             if self._events is not None:
                 try:
