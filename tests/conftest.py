@@ -157,9 +157,10 @@ def _run_in_emulated_host(
     status = _boot_session(config, nodeids, recorded)
     unfinished = [n for n in nodeids if not _finished(recorded.get(n, []))]
     if status == HARNESS_FAILURE and unfinished:
-        # The emulated host's own kernel died (its crash report is above). That kernel runs
-        # on QEMU's emulation of SVM, which is not what is under test: the tests it had not
-        # finished get one fresh host, and what had finished keeps its outcome.
+        # The emulated host's own kernel died (the line above says how and names its log).
+        # That kernel runs on QEMU's emulation of SVM, which is not what is under test: the
+        # tests it had not finished get one fresh host, and what had finished keeps its
+        # outcome.
         reporter.write_sep(
             "!",
             f"the emulated host died: {len(unfinished)} unfinished boot tests get a fresh one",

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import ExitStack
+from typing import BinaryIO
 
 import runner
 from runner import progress, timings
 from runner.config.fields import PathUse
 from runner.config.load import VmFile
 from runner.config.paths import host_paths
+from runner.devices.legacy.serial_output import open_output_file
 from runner.emulated.host import Outcome, Settings, run_in_host
 from runner.emulated.image import provision
+from runner.emulated.output_ports import OUTPUT_PORTS_ENV, encode, port_name
 
 # Memory of the emulated host beyond the guest's: its own kernel, vmrun and page tables.
 HOST_OVERHEAD_MIB = 1536
@@ -24,11 +28,14 @@ MIN_HOST_MIB = 4096
 
 
 def writable_dirs(vm: VmFile) -> tuple[str, ...]:
-    """Host directories the VM writes to: where its output files and sockets go, and the
-    directories of its writable disks and shares."""
+    """Host directories the VM writes to: where its sockets go, and the directories of its
+    writable disks and shares. Not those of its output files: the vmrun outside writes them
+    (runner/emulated/output_ports.py)."""
     dirs: list[str] = []
     for key_path, use, value in host_paths(vm.resources):
-        if use in (PathUse.PARENT, PathUse.STREAM_OUT):
+        if key_path[0] == "console_output":  # an output file too (refused until it is built)
+            continue
+        if use is PathUse.PARENT:
             dirs.append(os.path.dirname(value) or ".")
         elif use is PathUse.DIR and not _read_only(vm, key_path):
             dirs.append(value)
@@ -43,6 +50,22 @@ def _read_only(vm: VmFile, key_path: tuple[str | int, ...]) -> bool:
     return bool(getattr(device, "read_only", False))
 
 
+def output_files(
+    vm: VmFile, stack: ExitStack
+) -> tuple[tuple[tuple[str, BinaryIO], ...], tuple[str, str]]:
+    """The serial consoles' output files, opened here (with the checks a host's KVM run
+    makes), each with its port's name; and the environment entry that tells the vmrun inside
+    which port is which console's."""
+    outputs, ports = [], {}
+    for index, console in enumerate(vm.resources.serial_consoles):
+        if console.output in ("stdout", "stderr", "null"):
+            continue
+        stream = open_output_file(console.output, f"serial_consoles[{index}].output")
+        outputs.append((port_name(index), stack.enter_context(stream)))
+        ports[index] = port_name(index)
+    return tuple(outputs), (OUTPUT_PORTS_ENV, encode(ports))
+
+
 def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: float) -> Outcome:
     # With --timings, the vmrun inside sends its phases to this one's timeline.
     show_timings = ["--timings"] if timings.TIMELINE.enabled else []
@@ -54,15 +77,18 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
         argv += ["--", *workload]
     memory = max(MIN_HOST_MIB, vm.resources.machine.mem_size_mib + HOST_OVERHEAD_MIB)
     cpus = max(2, min(vm.resources.machine.vcpu_count, os.cpu_count() or 2))
-    _compiled_modules()
-    settings = Settings(
-        cpus=cpus,
-        memory_mib=memory,
-        timeout_s=timeout_s,
-        writable=writable_dirs(vm),
-        env=(("PYTHONPATH", _module_path()), *_first_run()),
-    )
-    return run_in_host(provision(), argv, settings, sys.stdout.buffer, sys.stderr.buffer)
+    compile_modules()
+    with ExitStack() as stack:
+        outputs, ports_env = output_files(vm, stack)
+        settings = Settings(
+            cpus=cpus,
+            memory_mib=memory,
+            timeout_s=timeout_s,
+            writable=writable_dirs(vm),
+            env=(("PYTHONPATH", module_path()), ports_env, *_first_run()),
+            outputs=outputs,
+        )
+        return run_in_host(provision(), argv, settings, sys.stdout.buffer, sys.stderr.buffer)
 
 
 def _first_run() -> tuple[tuple[str, str], ...]:
@@ -70,7 +96,7 @@ def _first_run() -> tuple[tuple[str, str], ...]:
     return ((progress.FIRST_RUN_ENV, "1"),) if progress.first_run() else ()
 
 
-def _compiled_modules() -> None:
+def compile_modules() -> None:
     """Compile vmrun's modules here, where the checkout is writable: inside, the host's files
     are read-only, and every module without a current .pyc would be compiled again at each
     run, at emulated speed. Up-to-date modules cost a stat each; failures change nothing."""
@@ -80,7 +106,7 @@ def _compiled_modules() -> None:
     compileall.compile_dir(package, quiet=2)
 
 
-def _module_path() -> str:
+def module_path() -> str:
     """Where this vmrun's modules and its dependencies are found: the directory that holds
     the `runner` package, then this interpreter's path (site's result)."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(runner.__file__)))

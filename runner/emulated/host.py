@@ -55,6 +55,11 @@ class Settings:
     writable: tuple[str, ...] = ()  # besides the current directory
     hung_after_s: float = 240.0  # no heartbeat from the host's init for this long: it hung
     env: tuple[tuple[str, str], ...] = ()  # set for the command, besides this environment
+    tcg_threads: Literal["multi", "single"] = "multi"  # QEMU's -accel tcg,thread=
+    host_cmdline: str = ""  # appended to the emulated host's kernel command line
+    console_log: str | None = None  # keep the host's console log there (else it is dropped)
+    # More virtio-serial ports, each by name, and the stream that its output is written to.
+    outputs: tuple[tuple[str, BinaryIO], ...] = ()
 
 
 @attrs.frozen
@@ -88,10 +93,12 @@ def run_in_host(
         # The cache too: provisioned kernels and images are reused, and built ones kept.
         writable = _writable_dirs(cwd, (*settings.writable, str(cache_dir())))
         _write_job(scratch_path, argv, cwd, writable, dict(settings.env))
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        events_r, events_w = os.pipe()
-        pipes = (out_w, err_w, events_w)
+        # A virtio-serial port per stream: the job's stdout and stderr, the VM's output files
+        # (`settings.outputs`), and `events`: lines that the init and the vmrun inside write
+        # as phases end (runner/timings.py), stamped here on arrival.
+        streams = [("stdout", stdout), ("stderr", stderr), *settings.outputs]
+        ends = {name: os.pipe() for name in [name for name, _ in streams] + ["events"]}
+        pipes = tuple((name, w) for name, (_, w) in ends.items())
         cmd = _qemu_command(image, settings, scratch_path, writable, pipes)
         with open(scratch_path / "qemu.log", "wb") as qemu_log:
             proc = subprocess.Popen(
@@ -99,19 +106,22 @@ def run_in_host(
                 stdin=subprocess.DEVNULL,
                 stdout=qemu_log,
                 stderr=subprocess.STDOUT,
-                pass_fds=pipes,
+                pass_fds=[w for _, w in pipes],
                 start_new_session=True,  # Ctrl-C reaches vmrun, which stops QEMU itself
                 preexec_fn=_die_with_parent,
             )
-        for fd in pipes:
+        for _, fd in pipes:
             os.close(fd)
-        pumps = [_pump(out_r, stdout), _pump(err_r, stderr), _event_pump(events_r)]
+        pumps = [_pump(ends[name][0], sink) for name, sink in streams]
+        pumps.append(_event_pump(ends["events"][0]))
         try:
             ended = _wait(proc, settings, scratch_path / "heartbeat")
         finally:
             _stop(proc)
             for pump in pumps:
                 pump.join(timeout=5)
+            if settings.console_log:
+                shutil.copyfile(scratch_path / "console.log", settings.console_log)
         return _outcome(scratch_path, proc, ended, settings, argv)
 
 
@@ -152,17 +162,20 @@ def _qemu_command(
     settings: Settings,
     scratch: Path,
     writable: list[str],
-    pipes: tuple[int, int, int],
+    pipes: Sequence[tuple[str, int]],
 ) -> list[str]:
     def share(path: str, tag: str, read_only: bool = False) -> list[str]:
-        spec = f"local,path={path},mount_tag={tag},security_model=none,multidevs=remap"
+        # QEMU splits an option's value at each comma; a doubled comma is a literal one, so
+        # a directory named "a,readonly=off" cannot add options of its own.
+        escaped = path.replace(",", ",,")
+        spec = f"local,path={escaped},mount_tag={tag},security_model=none,multidevs=remap"
         return ["-virtfs", spec + (",readonly=on" if read_only else "")]
 
     # loglevel=5: the console shows a kernel oops (printed at the default level, 4), so that
     # a crash of the emulated host's own kernel says what failed.
     cmd = [
         QEMU,
-        "-accel", "tcg,thread=multi",
+        "-accel", f"tcg,thread={settings.tcg_threads}",
         "-cpu", "max",
         "-machine", "q35",
         "-smp", str(settings.cpus),
@@ -170,13 +183,11 @@ def _qemu_command(
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initramfs),
-        "-append", "console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init",
+        "-append", f"console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init {settings.host_cmdline}",
         "-serial", f"file:{scratch / 'console.log'}",
         "-device", "virtio-serial-pci,id=ports",
     ]  # fmt: skip
-    # stdout and stderr of the job, and `events`: lines that the init and the vmrun inside
-    # write as phases end (runner/timings.py), stamped here on arrival.
-    for name, fd in zip(("stdout", "stderr", "events"), pipes, strict=True):
+    for name, fd in pipes:
         cmd += ["-chardev", f"file,id={name},path=/proc/self/fd/{fd}"]
         cmd += ["-device", f"virtserialport,bus=ports.0,chardev={name},name={name}"]
     cmd += share("/", "host", read_only=True) + share(str(scratch), "scratch")
@@ -256,50 +267,79 @@ def _outcome(
     settings: Settings,
     argv: Sequence[str],
 ) -> Outcome:
+    """The command's status, or one line on why vmrun ended it: what the host's kernel said
+    last that matters, and where its whole console log was kept (not pages of it)."""
     status_file = scratch / "status"
     if ended == "hung":
         return Outcome(
             HARNESS_FAILURE,
-            f"the emulated host stopped responding: no heartbeat from its init for "
-            f"{settings.hung_after_s:g} s while `{shlex.join(argv)}` ran"
-            + _tail(scratch, "its console ended with"),
+            f"the emulated host locked up: no heartbeat from its init for "
+            f"{settings.hung_after_s:g} s while `{shlex.join(argv)}` ran" + _console(scratch),
         )
     if ended == "timed out":
         return Outcome(
             TIMED_OUT,
             f"timed out after {settings.timeout_s:g} s: `{shlex.join(argv)}` was still running"
-            + _tail(scratch, "the emulated host's console ended with"),
+            + _console(scratch),
         )
     if status_file.exists():
         text = status_file.read_text().strip()
         if text.isdigit():
             return Outcome(int(text))
+    qemu_said = _last_line(scratch / "qemu.log")
     return Outcome(
         HARNESS_FAILURE,
         f"the emulated host ended (QEMU status {proc.returncode}) without running the command"
-        + _tail(scratch, "its console ended with")
-        + _tail(scratch, "QEMU said", "qemu.log"),
+        + _console(scratch)
+        + (f"; QEMU said: {qemu_said}" if qemu_said else ""),
     )
 
 
-# Where a kernel's own crash report starts: shown whole when the emulated host dies, since
-# its last lines alone ("Kernel panic - not syncing") do not say what failed.
-CRASH_REPORT_LINES = 150
+# Where a kernel's report of what went wrong starts: "BUG: soft lockup - CPU#0 stuck for
+# 183s!", an oops, a warning's cut line, a panic.
 CRASH_START = re.compile(
     r"BUG:|Oops:|general protection fault|------------\[ cut here \]|Kernel panic"
 )
+TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
+KEPT_LOGS = 20
 
 
-def _tail(scratch: Path, title: str, name: str = "console.log", lines: int = 15) -> str:
+def _console(scratch: Path) -> str:
+    """`; its kernel said "...": its console log is in PATH`, as far as there is one."""
     try:
-        text = (scratch / name).read_text(errors="replace").strip()
+        text = (scratch / "console.log").read_text(errors="replace")
     except OSError:
         return ""
-    if not text:
+    said = next((line for line in text.splitlines() if CRASH_START.search(line)), "")
+    part = f'; its kernel said "{TIMESTAMP.sub("", said).strip()}"' if said else ""
+    try:
+        return part + f"; its console log is in {_keep(scratch / 'console.log')}"
+    except OSError as exc:
+        return part + f" (its console log could not be kept: {exc})"
+
+
+def _keep(log: Path) -> str:
+    """A copy of `log` in the cache's emulated-host/logs (the latest KEPT_LOGS are kept)."""
+    directory = cache_dir("emulated-host", "logs")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    fd, path = tempfile.mkstemp(prefix=f"console-{stamp}-", suffix=".log", dir=directory)
+    with os.fdopen(fd, "wb") as kept, open(log, "rb") as source:
+        shutil.copyfileobj(source, kept)
+    for old in sorted(directory.glob("console-*.log"), key=_age)[:-KEPT_LOGS]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _age(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:  # another vmrun removed it meanwhile
+        return 0
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
         return ""
-    # A crash report (oops, trace, panic) ends the console and is never this long; an earlier
-    # harmless warning is not its start.
-    shown = text.splitlines()[-CRASH_REPORT_LINES:]
-    crash = next((i for i, line in enumerate(shown) if CRASH_START.search(line)), None)
-    shown = shown[crash:] if crash is not None else shown[-lines:]
-    return f"\n{title}:\n" + "\n".join("  " + line for line in shown)
+    return lines[-1].strip() if lines else ""
