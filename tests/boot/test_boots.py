@@ -6,9 +6,13 @@ Each boots the default guest kernel with vmrun's init and busybox as the root.
 
 from __future__ import annotations
 
+import array
+import fcntl
+import os
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -215,7 +219,73 @@ def test_ctrl_c_stops_a_running_vm(tmp_path: Path) -> None:
     assert proc.stdout.readline() == "up\n"
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=10) == 130
-    assert time.monotonic() - start < 5  # within a second, with room for emulation
+    # Within a second on a host's KVM; the room is for the emulated host on a loaded machine
+    # (what is tested is that it stops at all, not after the workload's 600 s).
+    assert proc.wait(timeout=60) == 130
+    assert time.monotonic() - start < 30
     assert proc.stderr is not None
     assert "vmrun: stopped by SIGINT" in proc.stderr.read()
+
+
+def test_kernel_messages_stay_off_the_workload_s_console(tmp_path: Path) -> None:
+    # The serial console that carries the workload's output is also the kernel's console.
+    # A VMM that the host does not run for a while (a loaded machine, the emulated host, a
+    # stopped process: here SIGSTOP for 30 s) is what a guest's soft-lockup watchdog reports,
+    # at emergency level, in the middle of that output; nowatchdog in vmrun's prolog turns
+    # that watchdog off. A kernel message below emergency level (here an error) stays in the
+    # kernel's log (loglevel=1).
+    script = (
+        "echo ready; sleep 40; echo '<3>vmrun-test: an error' > /dev/kmsg; "
+        "dmesg | grep -c vmrun-test; cat /proc/sys/kernel/watchdog"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", "--host", "kvm", vm_file(tmp_path),
+         "--", "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(30)
+    proc.send_signal(signal.SIGCONT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert (stdout, stderr) == ("1\n0\n", "")
+
+
+def test_a_stdout_reader_that_stops_does_not_make_vmrun_unkillable(tmp_path: Path) -> None:
+    # The workload floods the console; nobody reads vmrun's stdout, so the pipe fills. The
+    # vCPU that writes the UART must not block on it: SIGTERM still ends vmrun, at once.
+    read_end, write_end = os.pipe()
+    errors = tmp_path / "stderr"
+    with open(errors, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", "run", "--host", "kvm", vm_file(tmp_path),
+             "--", "/bin/sh", "-c", "yes flood"],
+            stdout=write_end, stderr=stderr,
+        )  # fmt: skip
+    os.close(write_end)
+    try:
+        capacity = fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ)
+        deadline = time.monotonic() + 240
+        while _unread(read_end) < capacity and time.monotonic() < deadline:
+            assert proc.poll() is None, errors.read_text()
+            time.sleep(0.5)
+        assert _unread(read_end) == capacity, "the guest's flood never filled the pipe"
+        time.sleep(3)  # the guest writes on, into vmrun's bounded buffer and past it
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert time.monotonic() - start < 30
+    finally:
+        proc.kill()
+        os.close(read_end)
+    said = errors.read_text()
+    assert "the reader is 1048576 bytes behind" in said, said
+    assert "vmrun: stopped by SIGTERM" in said, said
+
+
+def _unread(fd: int) -> int:
+    buffer = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buffer)
+    return buffer[0]
