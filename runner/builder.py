@@ -16,7 +16,6 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import BinaryIO
 
 import attrs
 
@@ -39,9 +38,12 @@ from runner.devices.bus import IoBus, MmioBus
 from runner.devices.ioapic import MMIO_SIZE as IOAPIC_MMIO_SIZE
 from runner.devices.ioapic import IoApic
 from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, serial_input
+from runner.devices.legacy.serial_output import SerialOutput, open_output_file
+from runner.emulated import output_ports
 from runner.errors import VmrunError, describe
 from runner.guest.initramfs import guest_initramfs_parts
 from runner.guest.kernel import default_kernel
+from runner.host_files import open_regular
 from runner.kvm.memory import GuestMemory
 from runner.kvm.native import Cap
 from runner.kvm.system import Kvm
@@ -94,6 +96,11 @@ def workload_argv(resources: VmResources, given: Sequence[str] | None) -> list[s
 def build(resources: VmResources, argv: Sequence[str]) -> Machine:
     """A machine for `resources` that runs `argv`; raises BuildError, naming the step."""
     with ExitStack() as stack:
+        mem_size = resources.machine.mem_size_mib * layout.MIB
+        with _step("setting up guest memory"):
+            # Entered first, so closed last: after the VM, which must not find the memory of
+            # its slots unmapped (runner/kvm/memory.py).
+            memory = stack.enter_context(GuestMemory(boot_params.memory_regions(mem_size)))
         with _step("opening /dev/kvm"):
             kvm = stack.enter_context(Kvm())
         with _step("creating the VM"):
@@ -101,9 +108,7 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
         split_irqchip = resources.machine.split_irqchip
         with _step("creating the interrupt controller"):
             _create_irqchip(vm, split_irqchip)
-        mem_size = resources.machine.mem_size_mib * layout.MIB
         with _step("setting up guest memory"):
-            memory = stack.enter_context(GuestMemory(boot_params.memory_regions(mem_size)))
             vm.map_memory(memory)
 
         with _step("loading the kernel"):
@@ -199,24 +204,30 @@ def _load_kernel(resources: VmResources) -> LoadedKernel:
         except krunfw.KrunfwError as exc:
             raise BuildError(f"kernel_bundle: {exc}") from exc
     path = Path(resources.kernel.path) if resources.kernel.path else default_kernel().image
+    key = "kernel.path" if resources.kernel.path else "the default kernel"
+    mem_size = resources.machine.mem_size_mib * layout.MIB
     try:
-        data = _kernel_file(path, resources.kernel.format)
-        return load_kernel(data, resources.kernel.format, name=str(path))
+        data = _kernel_file(path, key, resources.kernel.format, mem_size)
+        return load_kernel(data, resources.kernel.format, name=str(path), mem_limit=mem_size)
     except (KernelImageError, OSError, ValueError) as exc:
         raise BuildError(str(exc)) from exc
 
 
-def _kernel_file(path: Path, kernel_format: str) -> bytes | mmap.mmap:
-    """The image's bytes; a bzImage (the usual kernel, 10+ MiB) mapped rather than read, so
-    that its pages can be let go while they are copied into guest memory (`_write_kernel`)
-    instead of all adding up in the VMM's peak memory. The bzImage parser takes a mapping."""
-    with path.open("rb") as file:
+def _kernel_file(path: Path, key: str, kernel_format: str, max_size: int) -> bytes | mmap.mmap:
+    """The image's bytes (a regular file no larger than guest memory); a bzImage (the usual
+    kernel, 10+ MiB) mapped rather than read, so that its pages can be let go while they are
+    copied into guest memory (`_write_kernel`) instead of all adding up in the VMM's peak
+    memory. The bzImage parser takes a mapping."""
+    with open_regular(str(path), key, max_size) as file:
         head = file.read(bzimage.MAGIC_OFFSET + 4)
         if (
             kernel_format not in ("auto", "bzimage")
             or head[bzimage.MAGIC_OFFSET :] != bzimage.MAGIC
         ):
-            return head + file.read()
+            rest = file.read(max_size + 1 - len(head))  # bounded where the size lies (/proc)
+            if len(head) + len(rest) > max_size:
+                raise BuildError(f"{key}: {path} is more than the guest's memory could hold")
+            return head + rest
         return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 
 
@@ -291,7 +302,7 @@ def _attach_devices(machine: Machine, resources: VmResources) -> None:
         machine.mmio_bus.insert(layout.IOAPIC_START, IOAPIC_MMIO_SIZE, machine.ioapic)
     for index, port in enumerate(resources.serial_consoles):
         base, irq = serial.COM_PORTS[index]
-        sink = _output(port.output, machine.resources)
+        sink = _output(port.output, index, machine.resources)
         uart = serial.Serial8250(sink, _edge(machine, irq))
         machine.serials.append(uart)
         bus.insert(base, serial.PORT_COUNT, uart)
@@ -349,11 +360,21 @@ def _connect_input(name: str, uart: serial.Serial8250, port: str, stack: ExitSta
     feeder.start()
 
 
-def _output(name: str, stack: ExitStack) -> BinaryIO | None:
-    if name == "stdout":
-        return sys.stdout.buffer
-    if name == "stderr":
-        return sys.stderr.buffer
+def _output(name: str, index: int, stack: ExitStack) -> SerialOutput | None:
+    """Where serial console `index`'s output goes, through a writer that never blocks a vCPU
+    (closed, so drained, before the stream it writes)."""
+    key = f"serial_consoles[{index}].output"
     if name == "null":
         return None
-    return stack.enter_context(open(name, "ab"))
+    if name in ("stdout", "stderr"):
+        stream = sys.stdout.buffer if name == "stdout" else sys.stderr.buffer
+        what = f"vmrun's {name}"
+    elif port := output_ports.port_device(index):  # the vmrun outside writes the file
+        stream = stack.enter_context(open(port, "wb"))  # noqa: SIM115 (the stack closes it)
+        what = name
+    else:
+        stream = stack.enter_context(open_output_file(name, key))
+        what = name
+    output = SerialOutput(stream, f"{key} ({what})")
+    stack.callback(output.close)
+    return output

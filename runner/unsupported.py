@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from runner.boot.krunfw import KrunfwError, open_library
+from runner.boot.krunfw import KrunfwError, check_library
 from runner.config.model import InitramfsRoot, VmResources
 from runner.config.problems import Problem
 
@@ -67,10 +67,9 @@ def _tee_refusal(tee: str) -> str:
 
 
 def _library_problem(library: str) -> str | None:
-    # Paths were resolved and checked by the loader; a soname is looked up exactly as the
-    # builder will load it (find_library would ignore the version in `libkrunfw.so.5`).
+    # Read as data, exactly as the builder will read it: nothing in the library runs.
     try:
-        open_library(library)
+        check_library(library)
     except KrunfwError as exc:
         return str(exc)
     return None

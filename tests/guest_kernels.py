@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import lzma
-import os
 import re
 import struct
 import subprocess
@@ -31,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runner.boot import bzimage
-from runner.cache import cache_dir
+from runner.cache import cache_dir, write_atomically
 
 PAYLOAD_OFFSET = 0x248  # u32 payload_offset, then u32 payload_length (protocol 2.08+)
 LZ4_LEGACY_MAGIC = 0x184C2102
@@ -68,7 +67,7 @@ def pvh_vmlinux(bzimage_path: Path) -> Path:
         kernel_start = (image[bzimage.SETUP_HEADER_START] or bzimage.DEFAULT_SETUP_SECTS) + 1
         offset, length = struct.unpack_from("<II", image, PAYLOAD_OFFSET)
         start = kernel_start * bzimage.SECTOR + offset
-        _write_atomically(target, decompress(image[start : start + length]))
+        write_atomically(target, decompress(image[start : start + length]))
     return target
 
 
@@ -170,7 +169,7 @@ def libkrunfw(download: bool) -> Path:
         wheels = sorted(directory.glob("boxlite-*.whl"))
     with zipfile.ZipFile(wheels[0]) as wheel:
         module = wheel.read(BOXLITE_MODULE)
-    _write_atomically(target, embedded_library(module, KRUNFW_SYMBOL))
+    write_atomically(target, embedded_library(module, KRUNFW_SYMBOL))
     return target
 
 
@@ -205,9 +204,3 @@ def embedded_library(blob: bytes, symbol: bytes) -> bytes:
             return blob[start:end]
     name = symbol.rstrip(b"\0").decode()
     raise Unavailable(f"no x86_64 shared object naming {name} inside")
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    partial = target.with_name(f".{target.name}.{os.getpid()}")
-    partial.write_bytes(data)
-    os.replace(partial, target)

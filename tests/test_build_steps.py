@@ -121,3 +121,28 @@ def test_the_stand_in_builds_when_nothing_fails(
     machine = builder.build(load(str(path)).resources, ["/bin/true"])
     assert len(machine.vcpus) == 2
     machine.close()
+
+
+def test_the_vm_is_closed_before_the_memory_it_maps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # KVM must not find a memory slot's pages unmapped while the VM lives: the machine's
+    # teardown closes the VM (its vCPUs with it) first, then unmaps guest memory.
+    path = tmp_path / "vm.toml"
+    path.write_text(VM)
+    kvm = stand_in_for_kvm(monkeypatch, tmp_path)
+    closed: list[str] = []
+    vm = kvm.create_vm.return_value
+    vm.__exit__.side_effect = lambda *_: closed.append("vm")
+    real_close = builder.GuestMemory.close
+
+    def close_memory(memory: builder.GuestMemory) -> None:
+        if not memory.closed:
+            closed.append("memory")
+        real_close(memory)
+
+    monkeypatch.setattr(builder.GuestMemory, "close", close_memory)
+    machine = builder.build(load(str(path)).resources, ["/bin/true"])
+    assert closed == []
+    machine.close()
+    assert closed == ["vm", "memory"]

@@ -68,7 +68,7 @@ class LoadSegment:
     index: int
     paddr: int
     vaddr: int
-    data: bytes
+    data: bytes | memoryview  # a view of the file: nothing is copied until guest memory
     mem_size: int
 
     @property
@@ -83,8 +83,10 @@ class ElfKernel:
     pvh_entry: int | None
 
 
-def parse(data: bytes) -> ElfKernel:
-    """The kernel in `data`; raises ElfError naming the first thing wrong."""
+def parse(data: bytes, mem_limit: int | None = None) -> ElfKernel:
+    """The kernel in `data`; raises ElfError naming the first thing wrong. Its segments
+    are views of `data`, each file byte in at most one of them, and all of them together
+    need at most `mem_limit` bytes of guest memory (when given)."""
     if data[:4] != ELF_MAGIC:
         raise ElfError("not an ELF file: no \\x7fELF magic")
     if len(data) < _EHDR_SIZE:
@@ -126,7 +128,7 @@ def parse(data: bytes) -> ElfKernel:
         )
 
     headers = [_PHDR.unpack_from(data, e_phoff + i * e_phentsize) for i in range(e_phnum)]
-    segments = _load_segments(data, headers)
+    segments = _load_segments(data, headers, mem_limit)
     pvh_entry = None
     for index, (p_type, _, offset, _, _, filesz, _, align) in enumerate(headers):
         if p_type == PT_NOTE and pvh_entry is None:
@@ -137,8 +139,11 @@ def parse(data: bytes) -> ElfKernel:
     return ElfKernel(segments, _physical_entry(segments, e_entry), pvh_entry)
 
 
-def _load_segments(data: bytes, headers: list[tuple[int, ...]]) -> tuple[LoadSegment, ...]:
+def _load_segments(
+    data: bytes, headers: list[tuple[int, ...]], mem_limit: int | None
+) -> tuple[LoadSegment, ...]:
     segments = []
+    view = memoryview(data)
     for index, (p_type, _, offset, vaddr, paddr, filesz, memsz, _) in enumerate(headers):
         if p_type != PT_LOAD or memsz == 0:
             continue
@@ -154,9 +159,16 @@ def _load_segments(data: bytes, headers: list[tuple[int, ...]]) -> tuple[LoadSeg
                 f"segment {index} at {paddr:#x} lies below 1 MiB, where vmrun puts the zero "
                 "page and the real-mode area"
             )
-        segments.append(LoadSegment(index, paddr, vaddr, bytes(data[offset:end]), memsz))
+        segments.append(LoadSegment(index, paddr, vaddr, view[offset:end], memsz))
     if not segments:
         raise ElfError("it has no loadable (PT_LOAD) segment")
+    _check_file_ranges(segments, headers)
+    total = sum(segment.mem_size for segment in segments)
+    if mem_limit is not None and total > mem_limit:
+        raise ElfError(
+            f"its loadable segments need {total} bytes, more than the guest's memory "
+            f"({mem_limit >> 20} MiB)"
+        )
     segments.sort(key=lambda s: s.paddr)
     for low, high in itertools.pairwise(segments):
         if low.paddr + low.mem_size > high.paddr:
@@ -164,6 +176,17 @@ def _load_segments(data: bytes, headers: list[tuple[int, ...]]) -> tuple[LoadSeg
                 f"segments {low.index} ({low.span}) and {high.index} ({high.span}) overlap"
             )
     return tuple(segments)
+
+
+def _check_file_ranges(segments: list[LoadSegment], headers: list[tuple[int, ...]]) -> None:
+    """No file byte in two segments: a kernel's segments are disjoint parts of its file, and
+    many headers over the same bytes would ask for many times the file's size."""
+    starts = {s.index: headers[s.index][2] for s in segments}
+    ranges = sorted((starts[s.index], starts[s.index] + len(s.data), s.index) for s in segments)
+    ranges = [r for r in ranges if r[1] > r[0]]
+    for (_, low_end, low), (high_start, _, high) in itertools.pairwise(ranges):
+        if high_start < low_end:
+            raise ElfError(f"segments {low} and {high} load the same bytes of the file")
 
 
 def _file_range(data: bytes, what: str, offset: int, size: int) -> int:

@@ -115,10 +115,15 @@ def detect_format(data: bytes, name: str = "kernel") -> str:
 
 
 def load_kernel(
-    data: bytes, fmt: str = "auto", load_addr: int = layout.KERNEL_START, name: str = "kernel"
+    data: bytes,
+    fmt: str = "auto",
+    load_addr: int = layout.KERNEL_START,
+    name: str = "kernel",
+    mem_limit: int | None = None,
 ) -> LoadedKernel:
     """The kernel in `data` (the contents of the file `name`) in format `fmt`, a bzImage or
-    raw image placed at `load_addr` (an ELF goes where its headers say)."""
+    raw image placed at `load_addr` (an ELF goes where its headers say, its segments needing
+    at most `mem_limit` bytes when given)."""
     if fmt == "auto":
         fmt = detect_format(data, name)
     if fmt == "raw":
@@ -136,7 +141,7 @@ def load_kernel(
             raise KernelImageError(f"{name}: {exc}") from exc
     if fmt == "elf":
         try:
-            return _from_elf(elf.parse(data))
+            return _from_elf(elf.parse(data, mem_limit))
         except elf.ElfError as exc:
             raise KernelImageError(f"{name}: {exc}") from exc
     raise KernelImageError(

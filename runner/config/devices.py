@@ -49,7 +49,7 @@ class BlockDevice:
     """A host file exposed to the guest as a virtio-blk disk (/dev/vda, /dev/vdb, ... in order)."""
 
     id: str = setting("Unique name of the disk.", pattern=ID_PATTERN, maxLength=64)
-    path: str = setting("Disk image on the host, relative to the VM file.", path=PathUse.FILE)
+    path: str = setting("Disk image on the host, relative to the VM file.", path=PathUse.DISK)
     format: DiskFormat = setting("Image format.", "raw")
     read_only: bool = setting("Expose the disk read-only.", False)
     cache: CacheMode = setting(
@@ -302,4 +302,4 @@ class Gpu:
 class InputBackend:
     """A virtio-input device fed from a host evdev device."""
 
-    device: str = setting("Host evdev device (/dev/input/eventN).", path=PathUse.FILE)
+    device: str = setting("Host evdev device (/dev/input/eventN).", path=PathUse.DEVICE)

@@ -16,10 +16,12 @@ import attrs
 class PathUse(enum.Enum):
     """What must exist on the host for a path field to be usable."""
 
-    FILE = "file"  # a regular file that vmrun reads (kernel, initramfs, disk image)
+    FILE = "file"  # a regular file that vmrun reads (kernel, initramfs, firmware)
+    DISK = "disk"  # a regular file or a block device (a disk image)
+    DEVICE = "device"  # a character device (an evdev)
     DIR = "dir"  # a directory (a virtio-fs share)
     PARENT = "parent"  # vmrun creates it; its directory must exist (output files, sockets)
-    STREAM_IN = "stream-in"  # `stdin`, `null`, or a FILE (console input)
+    STREAM_IN = "stream-in"  # `stdin`, `null`, a FILE, a FIFO or a character device (input)
     STREAM_OUT = "stream-out"  # `stdout`, `stderr`, `null`, or a PARENT (console output)
     LIBRARY = "library"  # a soname found as dlopen finds it, or (with a `/`) a FILE
 

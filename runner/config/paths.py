@@ -7,6 +7,7 @@ Which fields are paths, and what must exist for each, is declared on the fields
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import attrs
 
 from runner.config.fields import STREAM_IN_NAMES, STREAM_OUT_NAMES, PathUse, path_use_of
 from runner.config.problems import KeyPath, Problem
+from runner.host_files import kind
 
 _STREAMS = {PathUse.STREAM_IN: STREAM_IN_NAMES, PathUse.STREAM_OUT: STREAM_OUT_NAMES}
 
@@ -48,6 +50,8 @@ def resolve_paths(obj: Any, base_dir: str) -> Any:
 
 
 def _absolute(value: str, base_dir: str) -> str:
+    if "\0" in value:  # no such path exists; path_problems says so
+        return value
     return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
 
 
@@ -80,12 +84,37 @@ def path_problems(obj: Any) -> list[Problem]:
     return problems
 
 
+# What each kind of path read from may be (the stat of the path: never opened here).
+READABLE = {
+    PathUse.FILE: (stat.S_ISREG,),
+    PathUse.LIBRARY: (stat.S_ISREG,),
+    PathUse.DISK: (stat.S_ISREG, stat.S_ISBLK),
+    PathUse.DEVICE: (stat.S_ISCHR,),
+    PathUse.STREAM_IN: (stat.S_ISREG, stat.S_ISFIFO, stat.S_ISCHR),
+}
+WHAT = {
+    PathUse.FILE: "a regular file",
+    PathUse.LIBRARY: "a regular file",
+    PathUse.DISK: "a regular file or a block device",
+    PathUse.DEVICE: "a character device",
+    PathUse.STREAM_IN: "a regular file, a FIFO or a character device",
+}
+
+
 def _missing(use: PathUse, value: str) -> str | None:
-    if use in (PathUse.FILE, PathUse.STREAM_IN, PathUse.LIBRARY):
-        if not os.path.exists(value):
+    if "\0" in value:
+        return "a path cannot hold a NUL byte"
+    if use in READABLE:
+        try:
+            mode = os.stat(value).st_mode
+        except FileNotFoundError:
             return f"no such file: {value}"
-        if os.path.isdir(value):
+        except OSError as exc:
+            return f"cannot look at {value}: {exc.strerror}"
+        if stat.S_ISDIR(mode) and use is not PathUse.DEVICE:
             return f"is a directory, not a file: {value}"
+        if not any(test(mode) for test in READABLE[use]):
+            return f"is {kind(mode)}, not {WHAT[use]}: {value}"
         if not os.access(value, os.R_OK):
             return f"not readable: {value}"
     elif use is PathUse.DIR:

@@ -21,7 +21,7 @@ import os
 import zlib
 from pathlib import Path
 
-from runner.cache import cache_dir
+from runner.cache import cache_dir, write_atomically
 from runner.config import devices, fields, model, schema
 
 SCHEMA_SOURCES = (fields, model, devices, schema)
@@ -56,6 +56,4 @@ def passed_before(kind: str, text: str) -> bool:
 def remember_passed(kind: str, text: str) -> None:
     with contextlib.suppress(OSError):  # a read-only cache: the next run validates again
         path, content = _entry(kind, text)
-        partial = path.with_suffix(f".{os.getpid()}.part")
-        partial.write_bytes(content)
-        partial.replace(path)
+        write_atomically(path, content)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import lzma
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -19,7 +18,7 @@ import attrs
 from runner import progress
 from runner.boot import elf
 from runner.boot.initramfs import Entry, compressed, cpio
-from runner.cache import cache_dir
+from runner.cache import cache_dir, write_atomically
 from runner.emulated.host_init import HOST_INIT
 from runner.guest import debian
 
@@ -65,8 +64,8 @@ def provision() -> HostImage:
     (vmlinuz,) = (kernel_tree / "boot").glob("vmlinuz-*")
     release = vmlinuz.name.removeprefix("vmlinuz-")
     archive = cpio(_entries(kernel_tree / "lib" / "modules" / release, busybox_tree))
-    _write_atomically(image.initramfs, compressed(archive))
-    _write_atomically(image.kernel, _boot_kernel(vmlinuz.read_bytes()))
+    write_atomically(image.initramfs, compressed(archive))
+    write_atomically(image.kernel, _boot_kernel(vmlinuz.read_bytes()))
     return image
 
 
@@ -111,9 +110,3 @@ def _module(module_dir: Path, name: str) -> Path:
         if found:
             return found[0]
     raise debian.PackageError(f"the host kernel package has no module {name}")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + f".{os.getpid()}.part")
-    partial.write_bytes(data)
-    os.replace(partial, path)

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from runner import progress
-from runner.cache import cache_dir
+from runner.cache import cache_dir, write_atomically
 from runner.errors import VmrunError
 
 
@@ -58,7 +58,7 @@ def depends_of(package: str) -> str:
     if record.exists():
         return record.read_text().strip()
     target = _depends_from_apt(package)
-    record.write_text(target + "\n")
+    write_atomically(record, (target + "\n").encode())
     return target
 
 
@@ -76,14 +76,60 @@ def fetch(package: str) -> Path:
     What was fetched is recorded beside it (`PACKAGE.json`: file, size, SHA256), and later
     calls use the record without asking apt; delete the record to fetch a newer version."""
     record = cache_dir("debs") / f"{package}.json"
-    if record.exists():
-        known = json.loads(record.read_text())
+    known = _record(record)
+    if known is not None:
         path = record.parent / known["file"]
-        if path.exists() and path.stat().st_size == known["size"]:
+        if _unchanged(path, known):
             return path
     path, size, sha256 = _fetch_from_apt(package)
-    record.write_text(json.dumps({"file": path.name, "size": size, "sha256": sha256}) + "\n")
+    _remember(record, path, size, sha256)
     return path
+
+
+def verified(package: str) -> Path:
+    """`fetch(package)`, its SHA256 checked again now: for a .deb something is run from."""
+    path = fetch(package)
+    known = _record(cache_dir("debs") / f"{package}.json")
+    if known is None or _sha256(path) != known["sha256"]:
+        raise PackageError(f"{path} is not the package apt described (SHA256 differs)")
+    return path
+
+
+def _record(record: Path) -> dict | None:
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    fields = {"file": str, "size": int, "sha256": str, "stat": list}
+    if not isinstance(known, dict) or not all(
+        isinstance(known.get(k), t) for k, t in fields.items()
+    ):
+        return None  # an older record (no stat) or a damaged one: ask apt again
+    if "/" in known["file"] or known["file"].startswith("."):
+        return None
+    return known
+
+
+def _stat_key(path: Path) -> list[int]:
+    # Not the inode: the emulated host's 9p share renumbers inodes (multidevs=remap).
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _unchanged(path: Path, known: dict) -> bool:
+    """Whether the .deb is the one whose SHA256 was checked: the same size and mtime as then
+    (a file that changed is hashed again, and fetched again if it differs)."""
+    try:
+        if _stat_key(path) == known["stat"]:
+            return True
+        return path.stat().st_size == known["size"] and _sha256(path) == known["sha256"]
+    except OSError:
+        return False
+
+
+def _remember(record: Path, path: Path, size: int, sha256: str) -> None:
+    known = {"file": path.name, "size": size, "sha256": sha256, "stat": _stat_key(path)}
+    write_atomically(record, (json.dumps(known) + "\n").encode())
 
 
 def _fetch_from_apt(package: str) -> tuple[Path, int, str]:
@@ -154,13 +200,19 @@ def unpack(deb: Path) -> Path:
     target = cache_dir("unpacked") / deb.stem
     if (target / ".complete").exists():
         return target
+    shutil.rmtree(target, ignore_errors=True)
+    unpack_into(deb, target)
+    (target / ".complete").touch()
+    return target
+
+
+def unpack_into(deb: Path, target: Path) -> Path:
+    """The files of `deb` unpacked into `target` (`dpkg-deb -x`)."""
     if shutil.which("dpkg-deb") is None:
         raise PackageError("`dpkg-deb` is not available (install the dpkg package)")
-    shutil.rmtree(target, ignore_errors=True)
     result = subprocess.run(
         ["dpkg-deb", "-x", str(deb), str(target)], capture_output=True, text=True
     )
     if result.returncode != 0:
         raise PackageError(f"cannot unpack {deb.name}: {result.stderr.strip()}")
-    (target / ".complete").touch()
     return target

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
+import tempfile
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,16 +18,20 @@ from types import ModuleType
 
 from runner import progress
 from runner.boot.initramfs import Entry, compressed, cpio
-from runner.cache import cache_dir
+from runner.cache import cache_dir, write_atomically
 from runner.config.model import VmResources
 from runner.errors import VmrunError
 from runner.guest import debian
+from runner.host_files import read_regular
 
 NATIVE_INIT = Path(__file__).resolve().parents[2] / "native" / "init"
 # Written by setup.py beside the init it compiled at install time: its sources' digest.
 INSTALLED_INIT = Path(__file__).resolve().parent / "init.digest"
 CONFIG_MAGIC = b"vmrun-init-config 1"
 CONFIG_END = b"end"
+
+
+BUSYBOX_PACKAGE = "busybox-static"
 
 
 class GuestImageError(VmrunError):
@@ -75,7 +80,7 @@ def base_image() -> Path:
     """The gzip archive of the init and busybox-static (with its applets), built once into
     the cache."""
     init = guest_init()
-    deb = debian.fetch("busybox-static")
+    deb = debian.fetch(BUSYBOX_PACKAGE)
     # Which init and busybox it holds, kept beside it and compared whole: the name is only a
     # checksum of that (the init's path and stat change whenever it is built again).
     built = init.stat()
@@ -85,16 +90,24 @@ def base_image() -> Path:
     key = target.with_name(f"{name}.key")
     if not (target.exists() and key.exists() and key.read_text() == identity):
         progress.slow("building the guest's initramfs (vmrun's init and busybox)")
-        busybox = debian.unpack(deb) / "bin" / "busybox"
+        busybox, applets = _busybox()
         entries = [Entry.directory(d) for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin")]
-        entries.append(Entry.file("bin/busybox", busybox.read_bytes(), 0o755))
-        entries += [Entry.symlink(f"bin/{name}", "busybox") for name in _applets(busybox)]
+        entries.append(Entry.file("bin/busybox", busybox, 0o755))
+        entries += [Entry.symlink(f"bin/{name}", "busybox") for name in applets]
         entries += [Entry.directory("vmrun"), Entry.file("init", init.read_bytes(), 0o755)]
-        partial = target.with_suffix(".part")
-        partial.write_bytes(compressed(cpio(entries)))
-        partial.replace(target)
-        key.write_text(identity)
+        write_atomically(target, compressed(cpio(entries)))
+        write_atomically(key, identity.encode())
     return target
+
+
+def _busybox() -> tuple[bytes, list[str]]:
+    """busybox-static and its applets. It runs on the host to list them (it is static), so
+    it is taken from its .deb, SHA256 checked again, unpacked afresh into a private directory,
+    never from what the cache already holds unpacked."""
+    deb = debian.verified(BUSYBOX_PACKAGE)
+    with tempfile.TemporaryDirectory(dir=cache_dir("guest")) as fresh:
+        busybox = debian.unpack_into(deb, Path(fresh)) / "bin" / "busybox"
+        return busybox.read_bytes(), _applets(busybox)
 
 
 def _applets(busybox: Path) -> list[str]:
@@ -149,7 +162,8 @@ def guest_initramfs_parts(resources: VmResources, argv: Sequence[str]) -> list[b
     initramfs (the builder writes them so into guest memory, sparing a copy of megabytes)."""
     parts = []
     if resources.kernel.initramfs:
-        user = Path(resources.kernel.initramfs).read_bytes()
+        mem_size = resources.machine.mem_size_mib << 20
+        user = read_regular(resources.kernel.initramfs, "kernel.initramfs", mem_size)
         parts.append(user + bytes(-len(user) % 4))
     parts.append(base_image().read_bytes())
     config = cpio(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -182,6 +183,9 @@ class Vcpu:
         self._fd = fd
         self.id = vcpu_id
         self._serial = 0  # counts runs (and the close), so that stale exits are refused
+        # `run` (in a vCPU thread) and `close` (in another) check and change `_running` and
+        # `_fd` together, under this lock: never KVM_RUN on a closed fd, never close under a run.
+        self._state = threading.Lock()
         self._running = False
         self._mmap_size = mmap_size
         try:
@@ -203,12 +207,18 @@ class Vcpu:
     def run(self) -> VcpuExit:
         """KVM_RUN until the vCPU exits to user space. An interrupted run (signal, or
         immediate_exit) gives ExitReason.INTR; other failures raise KvmError."""
-        self._serial += 1
-        self._running = True
+        with self._state:
+            if self._fd < 0:
+                raise KvmError("KVM_RUN", errno.EBADF, "the vCPU is closed")
+            if self._running:
+                raise KvmError("KVM_RUN", errno.EBUSY, "the vCPU is running in another thread")
+            self._serial += 1
+            self._running = True
         try:
             result = lib.vmrun_kvm_run(self._fd)
         finally:
-            self._running = False
+            with self._state:
+                self._running = False
         if result < 0:
             # EINTR: a signal or immediate_exit. EAGAIN: KVM woke a vCPU that was waiting
             # for INIT/SIPI (an AP being started); both mean "run again".
@@ -310,15 +320,16 @@ class Vcpu:
 
     def close(self) -> None:
         """Unmap kvm_run and close the fd; idempotent. Refused while `run` is in progress."""
-        if self._fd < 0:
-            return
-        if self._running:
-            raise KvmError("close vcpu", errno.EBUSY, "the vCPU is running in another thread")
-        self._serial += 1
+        with self._state:
+            if self._fd < 0:
+                return
+            if self._running:
+                raise KvmError("close vcpu", errno.EBUSY, "the vCPU is running in another thread")
+            fd, self._fd = self._fd, -1
+            self._serial += 1
         ffi.release(self._run)
         self._mmap.close()
-        os.close(self._fd)
-        self._fd = -1
+        os.close(fd)
 
     def __enter__(self) -> Vcpu:
         return self

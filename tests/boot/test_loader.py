@@ -713,3 +713,34 @@ def test_real_debian_cloud_kernel():
     setup_size = ((data[0x1F1] or 4) + 1) * 512
     assert kernel.segments == (Segment(0x100000, data[setup_size:], len(data) - setup_size),)
     assert kernel.cmdline_size >= 255
+
+
+def test_elf_segments_are_views_of_the_file_not_copies():
+    image = vmlinux()
+    kernel = load_kernel(image)
+    assert all(isinstance(s.data, memoryview) and s.data.obj is image for s in kernel.segments)
+
+
+def test_elf_headers_that_load_the_same_file_bytes_again_are_refused():
+    # 65534 program headers over the same 16 MiB of file would ask for about 1 TB if each
+    # were copied; they are refused before anything is read out of the file.
+    body = b"\x90" * 0x1000
+    loads = [(0x100000 * (i + 1), 0x100000 * (i + 1), body, 0x1000) for i in range(3)]
+    image = bytearray(elf64(loads, 0x100000))
+    # Point the third segment's file offset at the second's bytes.
+    second_offset = struct.unpack_from("<Q", image, PHDR0 + 56 + 8)[0]
+    struct.pack_into("<Q", image, PHDR0 + 2 * 56 + 8, second_offset + 0x800)
+    with pytest.raises(KernelImageError) as info:
+        load_kernel(bytes(image), "elf", name="vmlinux")
+    assert str(info.value) == "vmlinux: segments 1 and 2 load the same bytes of the file"
+
+
+def test_elf_segments_larger_than_guest_memory_are_refused():
+    image = elf64([(0x100000, 0x100000, b"\x90", 0x1000_0000)], 0x100000)  # 256 MiB of .bss
+    with pytest.raises(KernelImageError) as info:
+        load_kernel(image, "elf", name="vmlinux", mem_limit=128 << 20)
+    assert str(info.value) == (
+        "vmlinux: its loadable segments need 268435456 bytes, more than the guest's memory "
+        "(128 MiB)"
+    )
+    assert load_kernel(image, "elf", mem_limit=512 << 20).init_size == 0x1000_0000

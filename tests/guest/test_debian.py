@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,10 @@ def test_fetch_records_what_it_downloaded(cache: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(debian, "_download", download)
     path = debian.fetch("p")
     assert path == cache / "debs" / "p_1_amd64.deb"
+    info = path.stat()
     assert json.loads((cache / "debs" / "p.json").read_text()) == {
         "file": "p_1_amd64.deb", "size": len(data), "sha256": sha,
+        "stat": [info.st_size, info.st_mtime_ns],
     }  # fmt: skip
     assert debian.fetch("p") == path
     assert len(calls) == 1  # the second fetch used the record, not apt
@@ -96,3 +99,42 @@ def test_a_download_says_so_once(
     with pytest.raises(pytest.fail.Exception):
         debian._download("http://x/p.deb", cache / "p.deb", 2_500_000, "0" * 64, "p")
     assert capsys.readouterr().err.startswith(f"vmrun: downloading p (2.5 MB) into {cache}\n")
+
+
+def _recorded(cache: Path, data: bytes) -> Path:
+    """A fetched .deb holding `data`, with its record."""
+    (cache / "debs").mkdir(exist_ok=True)
+    deb = cache / "debs" / "p.deb"
+    deb.write_bytes(data)
+    debian._remember(cache / "debs" / "p.json", deb, len(data), hashlib.sha256(data).hexdigest())
+    return deb
+
+
+def test_a_deb_changed_in_place_is_hashed_again_and_fetched_again(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deb = _recorded(cache, b"the real package")
+    fetched: list[str] = []
+
+    def from_apt(name: str) -> tuple[Path, int, str]:
+        fetched.append(name)
+        deb.write_bytes(b"the real package")
+        return deb, 16, hashlib.sha256(b"the real package").hexdigest()
+
+    monkeypatch.setattr(debian, "_fetch_from_apt", from_apt)
+    assert debian.fetch("p") == deb and fetched == []  # unchanged: the record is enough
+    deb.write_bytes(b"a planted packag")  # the same size, a new mtime
+    assert debian.fetch("p") == deb
+    assert fetched == ["p"]
+    assert deb.read_bytes() == b"the real package"
+
+
+def test_verified_checks_the_sha256_now(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deb = _recorded(cache, b"the real package")
+    assert debian.verified("p") == deb
+    # Changed with its stat kept as recorded, so that only a new hash can tell.
+    info = deb.stat()
+    deb.write_bytes(b"a planted packag")
+    os.utime(deb, ns=(info.st_atime_ns, info.st_mtime_ns))
+    with pytest.raises(debian.PackageError, match="is not the package apt described"):
+        debian.verified("p")

@@ -212,6 +212,29 @@ def test_run_releases_the_gil_and_a_signal_stops_it(make_guest, sigusr1_handler)
     assert len(results) == 1 and getattr(results[0], "reason", results[0]) is ExitReason.INTR
 
 
+def test_a_vcpu_runs_in_one_thread_at_a_time_and_never_after_close(
+    make_guest, sigusr1_handler
+) -> None:
+    # `run` and `close` check and change the vCPU's state under one lock: a second run while
+    # one is in progress is refused, and so is a run after close (never KVM_RUN on a closed,
+    # maybe reused, fd).
+    guest = make_guest(JMP_SELF)
+    thread = threading.Thread(target=guest.vcpu.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not guest.vcpu._running and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with pytest.raises(KvmError, match="running in another thread"):
+        guest.vcpu.run()
+    guest.vcpu.immediate_exit = True
+    signal.pthread_kill(thread.ident, signal.SIGUSR1)
+    thread.join(5)
+    assert not thread.is_alive()
+    guest.vcpu.close()
+    with pytest.raises(KvmError, match="the vCPU is closed"):
+        guest.vcpu.run()
+
+
 # ---- notifications and interrupt controllers --------------------------------------------
 
 
