@@ -78,8 +78,13 @@ class Machine:
     resources: ExitStack
     mmio_bus: MmioBus = attrs.Factory(MmioBus)
     ioapic: IoApic | None = None  # the user-space I/O APIC of a split irqchip
+    outputs: list[SerialOutput] = attrs.Factory(list)  # the consoles' output writers
 
-    def close(self) -> None:
+    def close(self, drain: bool = True) -> None:
+        """Tear down; with `drain`, after the consoles' buffered output is written."""
+        for output in self.outputs:
+            if not drain:
+                output.abandon()
         for uart in self.serials:
             uart.flush()
         self.resources.close()
@@ -303,6 +308,8 @@ def _attach_devices(machine: Machine, resources: VmResources) -> None:
     for index, port in enumerate(resources.serial_consoles):
         base, irq = serial.COM_PORTS[index]
         sink = _output(port.output, index, machine.resources)
+        if sink is not None:
+            machine.outputs.append(sink)
         uart = serial.Serial8250(sink, _edge(machine, irq))
         machine.serials.append(uart)
         bus.insert(base, serial.PORT_COUNT, uart)

@@ -33,6 +33,7 @@ class Ending:
 
     status: int
     reason: str = ""
+    stopped: bool = False  # by SIGINT or SIGTERM: what the console still buffers is dropped
 
 
 # What ends a VM, and the status vmrun exits with (see docs/architecture.md).
@@ -98,7 +99,7 @@ class Vmm:
         return self._ending
 
     def _on_signal(self, number: int, _frame: object) -> None:
-        self.end(Ending(128 + number, f"stopped by {signal.Signals(number).name}"))
+        self.end(Ending(128 + number, f"stopped by {signal.Signals(number).name}", stopped=True))
 
     def _vcpu_loop(self, vcpu: Vcpu) -> None:
         try:
@@ -170,7 +171,11 @@ class Vmm:
 
 
 def run_machine(machine: Machine) -> Ending:
+    ending = None
     try:
-        return Vmm(machine).run()
+        ending = Vmm(machine).run()
+        return ending
     finally:
-        machine.close()
+        # Stopped by the user (or by a vmrun error): vmrun ends now, not when a reader of its
+        # output that may never read again has taken what the consoles still buffer.
+        machine.close(drain=ending is not None and not ending.stopped)

@@ -255,8 +255,10 @@ def test_kernel_messages_stay_off_the_workload_s_console(tmp_path: Path) -> None
 
 def test_a_stdout_reader_that_stops_does_not_make_vmrun_unkillable(tmp_path: Path) -> None:
     # The workload floods the console; nobody reads vmrun's stdout, so the pipe fills. The
-    # vCPU that writes the UART must not block on it: SIGTERM still ends vmrun, at once.
+    # vCPU that writes the UART must not block on it, and vmrun, stopped, does not wait for
+    # the reader to take what is still buffered: SIGTERM ends vmrun at once.
     read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # one page: it fills soon, even emulated
     errors = tmp_path / "stderr"
     with open(errors, "wb") as stderr:
         proc = subprocess.Popen(
@@ -266,13 +268,14 @@ def test_a_stdout_reader_that_stops_does_not_make_vmrun_unkillable(tmp_path: Pat
         )  # fmt: skip
     os.close(write_end)
     try:
-        capacity = fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ)
-        deadline = time.monotonic() + 240
-        while _unread(read_end) < capacity and time.monotonic() < deadline:
+        # Full: the pipe holds output that no longer grows (the writer's next batch does not
+        # fit), while the guest writes on into vmrun's bounded buffer.
+        deadline, seen = time.monotonic() + 240, [-1, -2]
+        while not (seen[-1] == seen[-2] > 0) and time.monotonic() < deadline:
             assert proc.poll() is None, errors.read_text()
-            time.sleep(0.5)
-        assert _unread(read_end) == capacity, "the guest's flood never filled the pipe"
-        time.sleep(3)  # the guest writes on, into vmrun's bounded buffer and past it
+            time.sleep(2)
+            seen.append(_unread(read_end))
+        assert seen[-1] == seen[-2] > 0, f"the guest's flood never filled the pipe: {seen}"
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
@@ -280,9 +283,7 @@ def test_a_stdout_reader_that_stops_does_not_make_vmrun_unkillable(tmp_path: Pat
     finally:
         proc.kill()
         os.close(read_end)
-    said = errors.read_text()
-    assert "the reader is 1048576 bytes behind" in said, said
-    assert "vmrun: stopped by SIGTERM" in said, said
+    assert errors.read_text().endswith("vmrun: stopped by SIGTERM\n"), errors.read_text()
 
 
 def _unread(fd: int) -> int:

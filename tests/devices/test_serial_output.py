@@ -128,3 +128,18 @@ def test_a_fifo_is_refused_without_waiting(tmp_path: Path, reader: bool) -> None
 def test_devices_and_directories_are_refused(path: str) -> None:
     with pytest.raises(OutputFileError, match=r"serial_consoles\[0\]\.output: "):
         open_output_file(path, "serial_consoles[0].output")
+
+
+def test_abandoned_output_lets_close_return_while_the_writer_is_stuck() -> None:
+    # vmrun stopped by SIGINT or SIGTERM does not wait for a reader that stopped reading.
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as stream:
+        output = SerialOutput(stream, "ttyS0", say=lambda _: None)
+        output.write(b"z" * 200_000)  # more than a pipe holds: the writer thread blocks
+        time.sleep(0.2)
+        output.abandon()
+        start = time.monotonic()
+        output.close()
+        assert time.monotonic() - start < 1
+        output.write(b"later")  # taken no more
+        os.close(read_end)  # the stuck write fails now; its thread ends

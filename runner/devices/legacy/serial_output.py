@@ -26,19 +26,21 @@ from runner.errors import VmrunError
 
 BOUND = 1 << 20  # what a stalled reader may leave buffered: a second of a busy console
 DRAIN_POLL_S = 0.2  # the wait in `close` wakes this often, so signals are handled
+BATCH_S = 0.01  # the longest a byte waits to be written: a prompt shows without a newline
+BATCH_BYTES = 4096
 
 
-def _to_dev_null(stream: BinaryIO) -> None:
-    """A stream that failed (its reader is gone) writes to /dev/null from now on: what it
+def _to_dev_null(fd: int) -> None:
+    """An fd that failed (its reader is gone) writes to /dev/null from now on: what its stream
     still buffers would otherwise fail again, noisily, when it is flushed at exit."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     except OSError:
         return
     try:
-        os.dup2(devnull, stream.fileno(), inheritable=False)
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass  # a stream without an fd of its own
+        os.dup2(devnull, fd, inheritable=False)
+    except OSError:
+        pass
     finally:
         os.close(devnull)
 
@@ -63,6 +65,14 @@ class SerialOutput:
         say: Callable[[str], None] = _say,
     ) -> None:
         self._stream = stream
+        # Written with os.write where the stream has an fd: a thread stuck in a buffered
+        # stream's write would hold its lock, and flushing it at exit (sys.stdout's) would
+        # then wait for that thread forever.
+        try:
+            stream.flush()
+            self._fd: int | None = stream.fileno()
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            self._fd = None
         self._name = name
         self._bound = bound
         self._say = say
@@ -71,6 +81,7 @@ class SerialOutput:
         self._closing = False
         self._overflowed = False
         self._failed = False
+        self._abandoned = False
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._pump, name=f"output {name}", daemon=True)
         self._thread.start()
@@ -88,19 +99,41 @@ class SerialOutput:
                     "the guest's output beyond that is lost until it catches up"
                 )
             if room > 0:
+                was_empty = not self._pending
                 self._pending += data[:room]
-                self._changed.notify_all()
+                # One wake-up per batch, not per byte (every byte is a VM exit already): the
+                # writer collects for up to BATCH_S, or until BATCH_BYTES are waiting.
+                if was_empty or len(self._pending) >= BATCH_BYTES:
+                    self._changed.notify_all()
 
     def flush(self) -> None:
         """Nothing to do: the writer thread writes as soon as there is something."""
 
     def close(self) -> None:
-        """Wait until all that was buffered is written (or cannot be), then stop the thread."""
+        """Wait until all that was buffered is written (or cannot be, or was abandoned), then
+        let the thread end."""
         with self._changed:
             self._closing = True
             self._changed.notify_all()
-            while (self._pending or self._writing) and not self._failed:
+            while (self._pending or self._writing) and not (self._failed or self._abandoned):
                 self._changed.wait(DRAIN_POLL_S)
+
+    def abandon(self) -> None:
+        """Drop what is buffered and take nothing more: `close` then returns at once, even
+        while the writer thread is stuck in a write to a reader that stopped reading."""
+        with self._changed:
+            self._abandoned = self._closing = True
+            self._pending.clear()
+            self._changed.notify_all()
+
+    def _write_out(self, chunk: bytes) -> None:
+        if self._fd is None:
+            self._stream.write(chunk)
+            self._stream.flush()
+            return
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def _pump(self) -> None:
         while True:
@@ -109,18 +142,22 @@ class SerialOutput:
                     self._changed.wait()
                 if not self._pending:
                     return
+                if not self._closing and len(self._pending) < BATCH_BYTES:
+                    self._changed.wait(BATCH_S)
                 chunk = bytes(self._pending)
                 self._pending.clear()
                 self._writing = True
             try:
-                self._stream.write(chunk)
-                self._stream.flush()
+                self._write_out(chunk)
             except (OSError, ValueError) as exc:  # ValueError: the stream was closed
                 with self._changed:
                     self._failed, self._writing = True, False
                     self._pending.clear()
                     self._changed.notify_all()
-                _to_dev_null(self._stream)
+                # Only for a reader that went away: after `abandon` the fd may be closed, its
+                # number reused.
+                if self._fd is not None and isinstance(exc, BrokenPipeError):
+                    _to_dev_null(self._fd)
                 self._say(
                     f"{self._name}: cannot write the guest's output ({exc}); the rest is lost"
                 )
