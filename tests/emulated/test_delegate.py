@@ -3,6 +3,7 @@ output files are written from outside the emulated host."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -12,7 +13,9 @@ import pytest
 
 from runner.config.load import load
 from runner.devices.legacy.serial_output import OutputFileError
+from runner.emulated import delegate
 from runner.emulated.delegate import output_files, writable_dirs
+from runner.emulated.host import Settings
 from runner.host_kvm import kvm_status
 
 
@@ -104,3 +107,20 @@ def test_a_vm_writes_its_output_file_through_the_emulated_host(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert result.stdout == "to stdout\n"
     assert (logs / "ttyS1.log").read_text() == "to the file\n"
+
+
+@pytest.mark.parametrize(("vcpus", "cpus"), [(1, 1), (2, 2), (4, min(4, os.cpu_count() or 2))])
+def test_the_emulated_host_gets_one_cpu_for_a_one_vcpu_guest(
+    write_vm, monkeypatch: pytest.MonkeyPatch, vcpus: int, cpus: int
+) -> None:
+    # Measured (README): one emulated CPU is as fast for such a guest, and without
+    # cross-CPU interrupts in the emulated host.
+    seen: list[Settings] = []
+    monkeypatch.setattr(delegate, "provision", lambda: None)
+    monkeypatch.setattr(delegate, "compile_modules", lambda: None)
+    monkeypatch.setattr(
+        delegate, "run_in_host", lambda _image, _argv, settings, *_: seen.append(settings)
+    )
+    path = write_vm(f"disable_implicit_console = true\n[machine]\nvcpu_count = {vcpus}\n")
+    delegate.run_in_emulated_host(load(path), ["/bin/true"], 60)
+    assert seen[0].cpus == max(cpus, 1 if vcpus == 1 else 2)
