@@ -5,10 +5,13 @@ vmrun's stdout itself, a reader that stopped reading (a full pipe) would block i
 UART's lock, and then neither SIGINT nor SIGTERM, which stop the VM by kicking its vCPU
 threads, could end vmrun. So the UART appends to a buffer of at most `bound` bytes, and a
 thread of its own writes the buffer out as fast as the reader takes it, in the order written.
-A reader that falls more than `bound` behind loses what does not fit, and a reader that has
-gone (EPIPE, or any write error) loses the rest; each is said once on stderr. At the end,
-`close` waits until everything buffered is written; that wait is interruptible (Ctrl-C and
-SIGTERM still end vmrun), and the writer thread never holds the process's exit up.
+The writer collects bytes for up to BATCH_S (or BATCH_BYTES) before it writes: one
+wake-up and one write per batch, not per byte. A reader that falls more than `bound` behind
+loses what does not fit, and a reader that has gone (EPIPE, or any write error) loses the
+rest; each is said once on stderr. At the end, `close` waits until everything buffered is
+written, in short interruptible waits; a VM stopped by SIGINT or SIGTERM `abandon`s what is
+left instead of waiting for a reader that may never read again. The writer thread is a
+daemon and writes with os.write, so it never holds the process's exit up.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import BinaryIO
 
 from runner.errors import VmrunError
 
-BOUND = 1 << 20  # what a stalled reader may leave buffered: a second of a busy console
+BOUND = 1 << 20  # what a stalled reader may leave buffered
 DRAIN_POLL_S = 0.2  # the wait in `close` wakes this often, so signals are handled
 BATCH_S = 0.01  # the longest a byte waits to be written: a prompt shows without a newline
 BATCH_BYTES = 4096
