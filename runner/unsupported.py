@@ -11,13 +11,20 @@ from __future__ import annotations
 import os
 
 from runner.boot.krunfw import KrunfwError, check_library
+from runner.config.checks import memory_fits_kernel_image
 from runner.config.model import InitramfsRoot, VmResources
 from runner.config.problems import Problem
 
 
 def refusals(resources: VmResources) -> list[Problem]:
-    """Everything in `resources` that `vmrun run` cannot do here, located in the file."""
-    return unsupported_features(resources) + not_built_yet(resources)
+    """Everything in `resources` that `vmrun run` cannot do here, located in the file; and
+    a guest too small for what its kernel's header says it needs (validation reads no file
+    that the VM file names, so only `vmrun run` can tell)."""
+    return (
+        unsupported_features(resources)
+        + not_built_yet(resources)
+        + list(memory_fits_kernel_image(resources))
+    )
 
 
 def unsupported_features(resources: VmResources) -> list[Problem]:
