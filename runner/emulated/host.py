@@ -310,8 +310,12 @@ def _console(scratch: Path) -> str:
         text = (scratch / "console.log").read_text(errors="replace")
     except OSError:
         return ""
-    said = next((line for line in text.splitlines() if CRASH_START.search(line)), "")
-    part = f'; its kernel said "{TIMESTAMP.sub("", said).strip()}"' if said else ""
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if CRASH_START.search(line)), None)
+    if first is not None and "cut here" in lines[first] and first + 1 < len(lines):
+        first += 1  # a warning's own line ("WARNING: CPU: 0 PID: ... at ...") follows the cut
+    said = TIMESTAMP.sub("", lines[first]).strip() if first is not None else ""
+    part = f'; its kernel said "{said}"' if said else ""
     try:
         return part + f"; its console log is in {_keep(scratch / 'console.log')}"
     except OSError as exc:

@@ -79,3 +79,15 @@ def test_no_console_log_at_all(tmp_path: Path, cache: Path) -> None:
     assert outcome.message == (
         "the emulated host ended (QEMU status 1) without running the command"
     )
+
+
+def test_a_warning_is_named_by_its_own_line_not_the_cut_marker(tmp_path: Path, cache: Path) -> None:
+    (tmp_path / "console.log").write_text(
+        "[ 9.1] ------------[ cut here ]------------\n"
+        "[ 9.1] WARNING: CPU: 1 PID: 7 at arch/x86/kvm/x86.c:123 kvm_arch_vcpu_ioctl_run\n"
+    )
+    outcome = ended(tmp_path, "hung")
+    assert (
+        'its kernel said "WARNING: CPU: 1 PID: 7 at arch/x86/kvm/x86.c:123 '
+        'kvm_arch_vcpu_ioctl_run"' in outcome.message
+    )
