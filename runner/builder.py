@@ -82,8 +82,8 @@ class Machine:
 
     def close(self, drain: bool = True) -> None:
         """Tear down; with `drain`, after the consoles' buffered output is written."""
-        for output in self.outputs:
-            if not drain:
+        if not drain:
+            for output in self.outputs:
                 output.abandon()
         for uart in self.serials:
             uart.flush()

@@ -56,7 +56,6 @@ class Settings:
     hung_after_s: float = 240.0  # no heartbeat from the host's init for this long: it hung
     env: tuple[tuple[str, str], ...] = ()  # set for the command, besides this environment
     tcg_threads: Literal["multi", "single"] = "multi"  # QEMU's -accel tcg,thread=
-    host_cmdline: str = ""  # appended to the emulated host's kernel command line
     console_log: str | None = None  # keep the host's console log there (else it is dropped)
     # More virtio-serial ports, each by name, and the stream that its output is written to.
     outputs: tuple[tuple[str, BinaryIO], ...] = ()
@@ -183,7 +182,7 @@ def _qemu_command(
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initramfs),
-        "-append", f"console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init {settings.host_cmdline}",
+        "-append", "console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init",
         "-serial", f"file:{scratch / 'console.log'}",
         "-device", "virtio-serial-pci,id=ports",
     ]  # fmt: skip
