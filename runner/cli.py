@@ -202,10 +202,11 @@ def _bug_report_file(text: str) -> str:
     from runner.cache import cache_dir
 
     try:
-        directory = str(cache_dir("bug-reports"))
-    except OSError:
-        directory = tempfile.gettempdir()
-    fd, path = tempfile.mkstemp(prefix="vmrun-bug-", suffix=".txt", dir=directory)
+        fd, path = tempfile.mkstemp(
+            prefix="vmrun-bug-", suffix=".txt", dir=cache_dir("bug-reports")
+        )
+    except OSError:  # a read-only cache (inside the emulated host): the temporary directory
+        fd, path = tempfile.mkstemp(prefix="vmrun-bug-", suffix=".txt")
     with os.fdopen(fd, "w") as report:
         report.write(text)
     return path

@@ -89,6 +89,7 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
             memory_mib=memory,
             timeout_s=timeout_s,
             writable=writable_dirs(vm),
+            writable_cwd=False,
             env=(("PYTHONPATH", module_path()), ports_env, *_first_run()),
             outputs=outputs,
         )

@@ -52,7 +52,10 @@ class Settings:
     cpus: int = 2
     memory_mib: int = 4096
     timeout_s: float = 3600.0
-    writable: tuple[str, ...] = ()  # besides the current directory
+    writable: tuple[str, ...] = ()  # besides the current directory (with `writable_cwd`)
+    # `vmrun emulated-host` promises its command the current directory; `vmrun run` writes
+    # only where its VM file says (runner/emulated/delegate.py).
+    writable_cwd: bool = True
     hung_after_s: float = 240.0  # no heartbeat from the host's init for this long: it hung
     env: tuple[tuple[str, str], ...] = ()  # set for the command, besides this environment
     tcg_threads: Literal["multi", "single"] = "multi"  # QEMU's -accel tcg,thread=
@@ -89,8 +92,11 @@ def run_in_host(
     with tempfile.TemporaryDirectory(prefix="vmrun-host-") as scratch:
         scratch_path = Path(scratch)
         (scratch_path / "tmp").mkdir()
-        # The cache too: provisioned kernels and images are reused, and built ones kept.
-        writable = _writable_dirs(cwd, (*settings.writable, str(cache_dir())))
+        # Not the cache: it is provisioned here before the host boots, and what runs inside
+        # sees it read-only (with the rest of this machine's files), so nothing there can
+        # plant a file that vmrun out here would later unpack, build from or run.
+        shared = (cwd,) if settings.writable_cwd else ()
+        writable = _writable_dirs((*shared, *settings.writable))
         _write_job(scratch_path, argv, cwd, writable, dict(settings.env))
         # A virtio-serial port per stream: the job's stdout and stderr, the VM's output files
         # (`settings.outputs`), and `events`: lines that the init and the vmrun inside write
@@ -124,9 +130,9 @@ def run_in_host(
         return _outcome(scratch_path, proc, ended, settings, argv)
 
 
-def _writable_dirs(cwd: str, extra: Sequence[str]) -> list[str]:
+def _writable_dirs(paths: Sequence[str]) -> list[str]:
     dirs = []
-    for path in (cwd, *extra):
+    for path in paths:
         real = os.path.realpath(path)
         if not os.path.isdir(real):
             raise HarnessError(f"writable directory {path} does not exist")

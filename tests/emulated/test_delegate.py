@@ -124,3 +124,6 @@ def test_the_emulated_host_gets_one_cpu_for_a_one_vcpu_guest(
     path = write_vm(f"disable_implicit_console = true\n[machine]\nvcpu_count = {vcpus}\n")
     delegate.run_in_emulated_host(load(path), ["/bin/true"], 60)
     assert seen[0].cpus == max(cpus, 1 if vcpus == 1 else 2)
+    # Only where the VM file says it writes: not the current directory, not the cache.
+    assert seen[0].writable_cwd is False
+    assert seen[0].writable == ()

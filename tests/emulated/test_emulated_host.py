@@ -104,11 +104,22 @@ def test_runs_in_the_current_directory_and_files_stay(tmp_path: Path) -> None:
     script = (
         'pwd; cat input.txt; echo made > made.txt; echo also > "$1/also.txt"; '
         'echo scratch > "$TMPDIR/t" && cat "$TMPDIR/t"; '
-        "touch /etc/vmrun-must-not-exist 2>/dev/null || echo read-only"
+        "touch /etc/vmrun-must-not-exist 2>/dev/null || echo read-only; "
+        # The cache is read-only in there: nothing inside plants what vmrun outside runs.
+        'ls "$2" >/dev/null && (mkdir "$2/planted" 2>/dev/null || echo cache read-only)'
     )
-    result = run(["--writable", str(other), "--", "sh", "-c", script, "sh", str(other)], tmp_path)
+    cache = cache_dir()
+    argv = ["sh", "-c", script, "sh", str(other), str(cache)]
+    result = run(["--writable", str(other), "--", *argv], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [str(tmp_path), "from the host", "scratch", "read-only"]
+    assert result.stdout.splitlines() == [
+        str(tmp_path),
+        "from the host",
+        "scratch",
+        "read-only",
+        "cache read-only",
+    ]
+    assert not (cache / "planted").exists()
     assert (tmp_path / "made.txt").read_text() == "made\n"
     assert (other / "also.txt").read_text() == "also\n"
     assert not Path("/etc/vmrun-must-not-exist").exists()
