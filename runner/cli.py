@@ -126,9 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in args_in:
         cut = args_in.index("--")
         args_in, workload = args_in[:cut], args_in[cut + 1 :]
-    if args_in and args_in[0] not in COMMANDS and not args_in[0].startswith("-"):
-        args_in.insert(0, "run")
     parser = _parser()
+    if args_in and args_in[0] not in COMMANDS and not args_in[0].startswith("-"):
+        if not _names_a_vm_file(args_in[0]):
+            parser.error(_unknown_command(args_in[0]))
+        args_in.insert(0, "run")
     args = parser.parse_args(args_in)
     if workload is not None and args.command not in ("run", "emulated-host"):
         parser.error("`-- CMD ARGS...` is only for `vmrun run` and `vmrun emulated-host`")
@@ -137,6 +139,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if workload == []:
         parser.error("`--` must be followed by a command")
     return _outcome(args, workload)
+
+
+def _names_a_vm_file(word: str) -> bool:
+    """Whether `vmrun WORD` means `vmrun run WORD`: a VM file's name, or something that
+    exists (whose loading then says what is wrong with it)."""
+    import os
+
+    return word.lower().endswith((".toml", ".json")) or os.path.exists(word)
+
+
+def _unknown_command(word: str) -> str:
+    import difflib
+
+    from runner.printable import printable
+
+    close = difflib.get_close_matches(word, COMMANDS, n=1, cutoff=0.6)
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    return (
+        f"`{printable(word)}` is neither a command nor a VM file (.toml, .json); {hint}"
+        f"commands: {', '.join(COMMANDS)}"
+    )
 
 
 def _outcome(args: argparse.Namespace, workload: list[str] | None) -> int:
@@ -174,7 +197,9 @@ def _dispatch(args: argparse.Namespace, workload: list[str] | None) -> int:
 
 
 def _say(message: str) -> None:
-    print(f"vmrun: {message}", file=sys.stderr, flush=True)
+    from runner.printable import printable  # messages quote paths and values from files
+
+    print(f"vmrun: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def _bug(exc: Exception) -> str:
@@ -213,33 +238,36 @@ def _bug_report_file(text: str) -> str:
 
 
 def validate(files: list[str], fmt: str) -> int:
+    """Check each file, whatever happens with the others: a file's problems are listed (in
+    JSON, one record each), and a file that vmrun fails on (an I/O error, a vmrun bug) is
+    said too, so that every file given has its outcome."""
     from runner.config.load import load
-    from runner.config.problems import ConfigError, format_key_path
+    from runner.config.problems import ConfigError, Location, Problem
+    from runner.errors import VmrunError, describe
 
-    records = []
-    invalid = 0
+    records: list[dict[str, object]] = []
+    invalid = failed = 0
     for file in files:
         try:
             load(file)
         except ConfigError as error:
             invalid += 1
-            records += [
-                {
-                    "file": error.file,
-                    "line": loc.line,
-                    "column": loc.column,
-                    "path": format_key_path(problem.path),
-                    "message": problem.message,
-                }
-                for problem, loc in zip(error.problems, error.locations, strict=True)
-            ]
-            if fmt == "text":
-                print("\n".join(error.lines()))
+            if fmt == "json":
+                records += error.records()
+            else:
+                print("\n".join(error.lines()), flush=True)
+        except Exception as exc:  # not the file's problem, but this file's outcome
+            failed += 1
+            message = describe(exc) if isinstance(exc, VmrunError | OSError) else _bug(exc)
+            if fmt == "json":
+                records += ConfigError(file, [Problem((), message)], [Location(1, 1)]).records()
+            else:
+                _say(f"{file}: {message}" if len(files) > 1 else message)
     if fmt == "json":
         print(json.dumps(records, indent=2))
     elif invalid:
         print(f"{invalid} of {len(files)} file(s) invalid", file=sys.stderr)
-    return ExitStatus.INVALID if invalid else ExitStatus.OK
+    return ExitStatus.INVALID if invalid or failed else ExitStatus.OK
 
 
 def schema() -> int:
@@ -261,9 +289,13 @@ def show(file: str, fmt: str) -> int:
         return ExitStatus.OK
     import tomli_w
 
-    print(f"# {file} with every default filled in (vmrun show)")
-    print(f"# kernel command line: {compose(vm.resources)}")
-    sys.stdout.write(tomli_w.dumps(document))
+    from runner.printable import printable, printable_toml
+
+    # Comments hold no control character (TOML refuses them there, and a terminal acts on
+    # them): the output is always a VM file that loads again.
+    print(f"# {printable(file)} with every default filled in (vmrun show)")
+    print(f"# kernel command line: {printable(compose(vm.resources))}")
+    sys.stdout.write(printable_toml(tomli_w.dumps(document)))
     return ExitStatus.OK
 
 

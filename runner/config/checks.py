@@ -13,10 +13,13 @@ from runner.boot import cmdline
 from runner.boot.footprint import kernel_footprint
 from runner.config.devices import (
     FS_TAG_MAX_BYTES,
+    TAP_NAME_MAX_BYTES,
     PasstBackend,
+    TapBackend,
     UnixGramBackend,
     UnixStreamBackend,
 )
+from runner.config.host_resources import exclusive_host_resources
 from runner.config.model import BlockRoot, FsRoot, VmResources
 from runner.config.problems import KeyPath, Problem, format_key_path
 from runner.devices.slots import virtio_slots
@@ -101,6 +104,8 @@ def _duplicates(
 
 
 def unique_names(r: VmResources) -> Iterator[Problem]:
+    # Names of host resources too: a TAP interface, a socket, an input device.
+    yield from exclusive_host_resources(r)
     yield from _duplicates(("fs",), r.fs, lambda s: s.tag, "tag")
     yield from _duplicates(("block",), r.block, lambda d: d.id, "id")
     yield from _duplicates(("net",), r.net, lambda n: n.id, "id")
@@ -134,6 +139,24 @@ def fs_tag_bytes(r: VmResources) -> Iterator[Problem]:
                 ("fs", index, "tag"),
                 f"is {size} bytes in UTF-8; a tag holds at most {FS_TAG_MAX_BYTES}",
             )
+
+
+def _tap_names(r: VmResources) -> Iterator[Problem]:
+    # What Linux's dev_valid_name refuses beyond the schema's pattern; the schema counts
+    # characters, the kernel's IFNAMSIZ counts bytes.
+    for index, nic in enumerate(r.net):
+        if not isinstance(nic.backend, TapBackend):
+            continue
+        name, where = nic.backend.tap_name, ("net", index, "backend", "tap_name")
+        size = len(name.encode())
+        if size > TAP_NAME_MAX_BYTES:
+            yield Problem(
+                where,
+                f"is {size} bytes in UTF-8; an interface name holds at most "
+                f"{TAP_NAME_MAX_BYTES} (Linux's IFNAMSIZ with its NUL)",
+            )
+        if ":" in name or name in (".", ".."):
+            yield Problem(where, f"{name!r} is no interface name: Linux refuses `:`, `.` and `..`")
 
 
 def kernel_sources(r: VmResources) -> Iterator[Problem]:
@@ -184,9 +207,13 @@ def interrupt_budget(r: VmResources) -> Iterator[Problem]:
 
 
 def command_line(r: VmResources) -> Iterator[Problem]:
+    parts = list(_command_line_parts(r))
+    if parts:
+        yield from parts
+        return
     try:
         text = cmdline.compose(r)
-    except cmdline.CmdlineError as exc:
+    except cmdline.CmdlineError as exc:  # what the parts' rules missed
         yield Problem(("kernel_cmdline",), str(exc))
         return
     if not cmdline.fits(text):
@@ -196,6 +223,23 @@ def command_line(r: VmResources) -> Iterator[Problem]:
             f"{layout.CMDLINE_MAX_BYTES - 1} fit (the kernel's {layout.CMDLINE_MAX_BYTES} "
             "with the terminating NUL)",
         )
+
+
+def _command_line_parts(r: VmResources) -> Iterator[Problem]:
+    """Each part of the command line the file writes, at its own key."""
+    line = r.kernel_cmdline
+    for key, text, last in (("prolog", line.prolog, False), ("epilog", line.epilog, True)):
+        problem = cmdline.part_problem(text or "", last=last)
+        if problem:
+            # Line breaks were always said of the whole line; the rest at the part.
+            where = (
+                ("kernel_cmdline",) if problem == cmdline.LINE_BREAKS else ("kernel_cmdline", key)
+            )
+            yield Problem(where, problem)
+    for name, value in line.env.items():
+        problem = cmdline.env_value_problem(value)
+        if problem:
+            yield Problem(("kernel_cmdline", "env", name), problem)
 
 
 def consoles(r: VmResources) -> Iterator[Problem]:
@@ -220,6 +264,7 @@ def consoles(r: VmResources) -> Iterator[Problem]:
 
 
 def network_rules(r: VmResources) -> Iterator[Problem]:
+    yield from _tap_names(r)
     if r.dhcp_client and not r.net:
         yield Problem(("dhcp_client",), "needs a network interface in `net`")
     if r.vsock and r.vsock.tcp_ports and "hijack_inet" not in r.vsock.tsi:

@@ -16,6 +16,14 @@ ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 MAC_PATTERN = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
 # libkrun copies the tag into a fixed 36-byte field of the virtio-fs config space.
 FS_TAG_MAX_BYTES = 36
+# Linux's IFNAMSIZ (16) with the NUL: an interface name is at most 15 bytes, and
+# dev_valid_name refuses `.`, `..`, and names with `/`, `:` or white space (the schema's
+# pattern says `/` and white space; checks.py the rest, and the bytes).
+TAP_NAME_MAX_BYTES = 15
+TAP_NAME_PATTERN = r"^[^/\s]+$"
+# x86-64's architectural limit (MAXPHYADDR) on guest physical addresses: 52 bits. Anything
+# placed in the guest's address space (a kernel, a shared-memory window) ends below it.
+MAX_GUEST_ADDRESS = 2**52 - 1
 
 
 @attrs.frozen(kw_only=True)
@@ -83,10 +91,10 @@ class TapBackend:
 
     type: Literal["tap"] = setting("Backend kind.", "tap")
     tap_name: str = setting(
-        "Name of the host TAP interface (at most 15 characters).",
+        "Name of the host TAP interface (at most 15 bytes; no `/`, `:` or white space).",
         minLength=1,
-        maxLength=15,
-        pattern=r"^[^/\s]+$",
+        maxLength=TAP_NAME_MAX_BYTES,
+        pattern=TAP_NAME_PATTERN,
     )
 
 
@@ -294,6 +302,7 @@ class Gpu:
         "Size in bytes of the host-visible shared memory region; absent: vmrun's default.",
         None,
         minimum=4096,
+        maximum=MAX_GUEST_ADDRESS + 1,
     )
     displays: tuple[Display, ...] = setting("Displays, in order.", factory=tuple, maxItems=16)
 

@@ -11,7 +11,9 @@ from typing import Literal
 
 import attrs
 
+from runner.arch.x86_64 import layout
 from runner.config.devices import (
+    MAX_GUEST_ADDRESS,
     BlockDevice,
     FsShare,
     Gpu,
@@ -25,6 +27,18 @@ from runner.config.fields import PathUse, setting
 
 # libkrun's limit (and KVM's common one for a microVM): vCPU ids fit the MP table we write.
 MAX_VCPUS = 32
+# The least memory any kernel can run in: the memory rule's floor (runner/config/checks.py)
+# with images of no size at all, the 1 MiB below the kernel plus layout.GUEST_WORKING_SET
+# (below which Linux boots fail with OOM), 49 MiB. libkrun and Firecracker take any size and
+# let such a guest die at boot; vmrun refuses it whatever kernel the file names (and checks
+# the kernel's and initramfs' own sizes on top when it names them). vmrun's default kernel,
+# Debian's cloud kernel, needs more (its bzImage's init_size is 51.5 MiB in 6.1, so about
+# 101 MiB in all), but it is not measured at validation, which downloads nothing.
+MIN_MEM_MIB = -(-(layout.KERNEL_START + layout.GUEST_WORKING_SET) // layout.MIB)
+MAX_MEM_MIB = 1048576  # 1 TiB
+# setrlimit's range as the guest init reads it (native/init/config.c, parse_limit): 0 to
+# 2**64 - 2, and -1; 2**64 - 1 is RLIM_INFINITY, which the file writes as -1.
+MAX_RLIMIT = 2**64 - 2
 HOSTNAME_PATTERN = (
     r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
@@ -38,7 +52,9 @@ class MachineConfig:
     """vCPUs, memory and CPU model (libkrun's VmConfig, plus nested and split_irqchip)."""
 
     vcpu_count: int = setting("Number of vCPUs.", 1, minimum=1, maximum=MAX_VCPUS)
-    mem_size_mib: int = setting("Guest memory in MiB.", 128, minimum=1, maximum=1048576)
+    mem_size_mib: int = setting(
+        "Guest memory in MiB.", 128, minimum=MIN_MEM_MIB, maximum=MAX_MEM_MIB
+    )
     ht_enabled: bool = setting(
         "Present vCPUs as hyperthread pairs (then vcpu_count must be 1 or even).", False
     )
@@ -95,6 +111,7 @@ class KernelBundle:
         "Absent: the bundle's own address.",
         None,
         minimum=0,
+        maximum=MAX_GUEST_ADDRESS,
     )
     qboot: str | None = setting(
         "qboot firmware image (exactly 64 KiB) for TEE guests.", None, path=PathUse.FILE
@@ -139,7 +156,9 @@ class TeeConfig:
 
     workload_id: str = setting("Workload id registered with the attestation server.", minLength=1)
     cpus: int = setting("vCPUs of the TEE guest.", minimum=1, maximum=MAX_VCPUS)
-    ram_mib: int = setting("Memory of the TEE guest in MiB.", minimum=1, maximum=1048576)
+    ram_mib: int = setting(
+        "Memory of the TEE guest in MiB.", minimum=MIN_MEM_MIB, maximum=MAX_MEM_MIB
+    )
     tee: Tee = setting("The TEE technology (kbs-types names).", "sev")
     tee_data: str = setting("TEE-specific data (JSON text), passed to attestation as is.", "")
     attestation_url: str = setting("URL of the key broker (KBS) for attestation.", "")
@@ -155,8 +174,8 @@ RlimitName = Literal[
 class Rlimit:
     """A resource limit (setrlimit); -1 means unlimited."""
 
-    soft: int = setting("Soft limit (-1: unlimited).", minimum=-1)
-    hard: int = setting("Hard limit (-1: unlimited).", minimum=-1)
+    soft: int = setting("Soft limit (-1: unlimited).", minimum=-1, maximum=MAX_RLIMIT)
+    hard: int = setting("Hard limit (-1: unlimited).", minimum=-1, maximum=MAX_RLIMIT)
 
 
 @attrs.frozen(kw_only=True)

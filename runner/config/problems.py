@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
+
+from runner.printable import printable
 
 KeyPath = tuple[str | int, ...]
 
@@ -47,8 +51,23 @@ class ConfigError(Exception):
         self.locations = locations
 
     def lines(self) -> list[str]:
-        """`FILE:LINE:COL: key.path: message`, one per problem."""
+        """`FILE:LINE:COL: key.path: message`, one per problem, each one line: what the file
+        wrote (and the file's own name) is escaped where it is not printable."""
         return [
-            f"{self.file}:{loc.line}:{loc.column}: {problem}"
+            f"{printable(self.file)}:{loc.line}:{loc.column}: {printable(str(problem))}"
+            for problem, loc in zip(self.problems, self.locations, strict=True)
+        ]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON object per problem (`vmrun validate --format json`), escaped as `lines`:
+        a CI tool that prints a decoded message prints no raw control character either."""
+        return [
+            {
+                "file": printable(self.file),
+                "line": loc.line,
+                "column": loc.column,
+                "path": printable(format_key_path(problem.path)),
+                "message": printable(problem.message),
+            }
             for problem, loc in zip(self.problems, self.locations, strict=True)
         ]

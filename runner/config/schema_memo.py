@@ -8,9 +8,11 @@ named by their CRC-32 and Adler-32 and only taken when its content is the same, 
 comparison of kilobytes). Files with problems are not kept: they fail anyway, and their
 messages need the validator. A cache that cannot be written only costs the time back.
 
-The schema is named by its sources (the modules it is generated from: path, mtime and size,
-as the guest's initramfs base names its init), not by its text: generating it costs 40 ms
-here and most of a second under emulation, on every run.
+The schema is named by its sources (the modules it is generated from, and those that parse
+and check against it: path, mtime and size, as the guest's initramfs base names its init),
+not by its text: generating it costs 40 ms here and most of a second under emulation, on
+every run. A change to how the stage checks (a float is no integer, no NUL in a string) is a
+change of its sources, so a text kept before it is checked again.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import os
 import zlib
 from pathlib import Path
 
+from runner.arch.x86_64 import layout
 from runner.cache import cache_dir, write_atomically
-from runner.config import devices, fields, model, schema
+from runner.config import devices, fields, model, parse, schema, schema_check
 
-SCHEMA_SOURCES = (fields, model, devices, schema)
+SCHEMA_SOURCES = (fields, model, devices, schema, layout, parse, schema_check)
 
 
 @functools.cache

@@ -274,8 +274,8 @@ def test_duplicate_block_ids(write_vm, tmp_path: Path) -> None:
     sized(tmp_path / "disk.img", 4096)
     path = write_vm("""\
         block = [
-          { id = "root", path = "disk.img" },
-          { id = "root", path = "disk.img" },
+          { id = "root", path = "disk.img", read_only = true },
+          { id = "root", path = "disk.img", read_only = true },
         ]
         """)
     assert problems(path) == [("block[1]", "id 'root' is already used by block[0]")]
@@ -326,7 +326,10 @@ def test_distinct_names_pass(write_vm, tmp_path: Path) -> None:
     vm = passes(
         write_vm("""\
         fs = [{ tag = "a", shared_dir = "." }, { tag = "A", shared_dir = "." }]
-        block = [{ id = "a", path = "disk.img" }, { id = "b", path = "disk.img" }]
+        block = [
+          { id = "a", path = "disk.img", read_only = true },
+          { id = "b", path = "disk.img", read_only = true },
+        ]
 
         [[net]]
         id = "eth0"
@@ -563,7 +566,10 @@ def test_root_references_resolve(write_vm, tmp_path: Path) -> None:
 
 
 def _disks(count: int) -> str:
-    return "".join(f'[[block]]\nid = "d{i}"\npath = "disk.img"\n' for i in range(count))
+    # Read-only: one image may back several devices only so.
+    return "".join(
+        f'[[block]]\nid = "d{i}"\npath = "disk.img"\nread_only = true\n' for i in range(count)
+    )
 
 
 def test_twenty_block_devices_are_too_many(write_vm, tmp_path: Path) -> None:
@@ -638,16 +644,15 @@ def test_command_line_env_value_with_quote(write_vm) -> None:
         [kernel_cmdline.env]
         GREETING = 'say "hi"'
         """)
-    message = 'GREETING: a value on the kernel command line cannot hold `"` or line breaks'
-    assert problems(path) == [("kernel_cmdline", message)]
-    assert lines(path) == [f"{path}:1:2: kernel_cmdline: {message}"]
+    message = 'a value on the kernel command line cannot hold `"` or line breaks'
+    assert problems(path) == [("kernel_cmdline.env.GREETING", message)]
+    assert lines(path) == [f"{path}:2:1: kernel_cmdline.env.GREETING: {message}"]
 
 
 def test_command_line_env_value_with_line_break(write_vm) -> None:
     path = write_vm('[kernel_cmdline.env]\nA = "1\\n2"\n')
-    assert problems(path) == [
-        ("kernel_cmdline", 'A: a value on the kernel command line cannot hold `"` or line breaks')
-    ]
+    message = 'a value on the kernel command line cannot hold `"` or line breaks'
+    assert problems(path) == [("kernel_cmdline.env.A", message)]
 
 
 def test_command_line_epilog_with_line_break(write_vm) -> None:
