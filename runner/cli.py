@@ -385,7 +385,13 @@ def emulated_host(
     from runner.emulated.image import provision
 
     image = provision()
-    settings = Settings(cpus, memory_mib, timeout_s, writable, hung_after_s)
+    settings = Settings(
+        cpus=cpus,
+        memory_mib=memory_mib,
+        timeout_s=timeout_s,
+        writable=writable,
+        hung_after_s=hung_after_s,
+    )
     outcome = run_in_host(image, argv, settings, sys.stdout.buffer, sys.stderr.buffer)
     if outcome.message:
         _say(outcome.message)

@@ -78,6 +78,32 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
         assert "must be a positive number of seconds" in result.stderr
 
 
+def test_emulated_host_options_reach_their_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Each option lands in its own field (a field added to Settings once shifted
+    # --hung-after into another one, and a locked-up host then ran for 240 s).
+    from runner import cli
+    from runner.emulated import host, image
+
+    seen: list[host.Settings] = []
+    monkeypatch.setattr(image, "provision", lambda: None)
+
+    def run_in_host(_image: object, _argv: object, settings: host.Settings, *_: object) -> object:
+        seen.append(settings)
+        return host.Outcome(0)
+
+    monkeypatch.setattr(host, "run_in_host", run_in_host)
+    monkeypatch.chdir(tmp_path)
+    args = ["emulated-host", "--cpus", "3", "--memory", "1234", "--timeout", "77",
+            "--writable", str(tmp_path), "--hung-after", "20", "--", "true"]  # fmt: skip
+    assert cli.main(args) == 0
+    (settings,) = seen
+    assert (settings.cpus, settings.memory_mib, settings.timeout_s) == (3, 1234, 77)
+    assert (settings.writable, settings.hung_after_s) == ((str(tmp_path),), 20)
+    assert settings.writable_cwd is True
+
+
 def test_schema_prints_the_published_schema() -> None:
     result = vmrun("schema")
     assert result.returncode == 0

@@ -47,7 +47,7 @@ class HarnessError(VmrunError):
     """The emulated host itself failed (not the command run in it)."""
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)  # by name: a field added in between must not shift the others
 class Settings:
     cpus: int = 2
     memory_mib: int = 4096
