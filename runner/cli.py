@@ -8,6 +8,7 @@ pays only for what it uses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -164,14 +165,20 @@ def _unknown_command(word: str) -> str:
 
 def _outcome(args: argparse.Namespace, workload: list[str] | None) -> int:
     """The command's exit status: the one place where errors become statuses."""
+    from runner import termination
     from runner.config.problems import ConfigError
     from runner.errors import VmrunError, describe
 
     failure = FAILURE_STATUS[args.command]
+    # SIGTERM stops `run` and `emulated-host` as Ctrl-C does: what they started is removed.
+    starts_things = args.command in ("run", "emulated-host")
     try:
-        return _dispatch(args, workload)
+        with termination.sigterm_unwinds() if starts_things else contextlib.nullcontext():
+            return _dispatch(args, workload)
     except KeyboardInterrupt:
         return 128 + 2
+    except termination.Terminated:
+        return termination.EXIT_STATUS
     except BrokenPipeError:
         return ExitStatus.OK
     except ConfigError as error:

@@ -158,18 +158,25 @@ def test_timeout_kills_the_host_and_names_the_command(tmp_path: Path) -> None:
     assert all(gone(pid) for pid in qemu)
 
 
-def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_everything(tmp_path: Path, stop: signal.Signals) -> None:
+    # Nothing outlives the run: QEMU, and the scratch directory with its console log.
+    temp = tmp_path / "temp"
+    temp.mkdir()
     proc = subprocess.Popen(
         [*VMRUN, "--", "sh", "-c", "echo started; sleep 600"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(temp)},
     )  # fmt: skip
     assert proc.stdout is not None
     assert proc.stdout.readline() == "started\n"
     qemu = qemu_children(proc.pid)
     assert qemu, "no QEMU running the command"
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=30) == 130
+    assert list(temp.glob("vmrun-host-*")), "the scratch directory is not where TMPDIR says"
+    proc.send_signal(stop)
+    assert proc.wait(timeout=30) == 128 + stop
     assert all(gone(pid) for pid in qemu)
+    assert list(temp.iterdir()) == []
 
 
 def test_killing_vmrun_kills_qemu(tmp_path: Path) -> None:
