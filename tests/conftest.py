@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import guest_kernels
+import hypothesis
 import pytest
 
 from runner import progress
@@ -46,6 +47,12 @@ def write_vm(tmp_path: Path) -> WriteVm:
         return str(path)
 
     return write
+
+
+# No time limit per example: speed is for bench/, and CI shares a loaded machine (a
+# 200 ms default deadline failed a position round trip there).
+hypothesis.settings.register_profile("vmrun", deadline=None)
+hypothesis.settings.load_profile("vmrun")
 
 
 # --- boot tests ------------------------------------------------------------------------------

@@ -56,8 +56,17 @@ def memory_fits_kernel_image(r: VmResources) -> Iterator[Problem]:
     yield from _memory_problems(r, images)
 
 
+# What vmrun's default kernel (Debian 12's cloud kernel, 6.1) needs in guest memory: its
+# bzImage header's init_size, 51.5 MiB for 6.1.0-57, rounded up. Validation opens no file,
+# and the kernel may not be downloaded yet, so it is a constant here; a test holds it to the
+# kernel vmrun downloads (tests/guest/test_default_kernel_footprint.py).
+DEFAULT_KERNEL_FOOTPRINT = 52 * layout.MIB
+
+
 def _file_sizes(r: VmResources) -> dict[str, int]:
     images = {}
+    if r.kernel.path is None and r.kernel_bundle is None:
+        images["default kernel"] = DEFAULT_KERNEL_FOOTPRINT
     for name, path in (("kernel", r.kernel.path), ("initramfs", r.kernel.initramfs)):
         try:
             info = os.stat(path) if path else None

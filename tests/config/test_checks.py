@@ -205,17 +205,29 @@ def test_memory_gzip_kernel_and_initramfs(write_vm, tmp_path: Path) -> None:
     assert run_problems(write_vm(text.format(mem=113))) == []
 
 
-def test_memory_initramfs_alone(write_vm, tmp_path: Path) -> None:
-    # vmrun's default kernel is not measured; the initramfs still is.
+def test_memory_initramfs_with_the_default_kernel(write_vm, tmp_path: Path) -> None:
+    # The default kernel counts with what it is known to need; the initramfs by its size.
     sized(tmp_path / "initrd.img", 80 * MIB)
     path = write_vm('[machine]\nmem_size_mib = 128\n[kernel]\ninitramfs = "initrd.img"\n')
     assert problems(path) == [
         (
             "machine.mem_size_mib",
-            "128 MiB is too small: the initramfs 80 MiB, plus 49 MiB for the kernel to run, "
-            "need at least 129 MiB",
+            "128 MiB is too small: the default kernel 52 MiB, the initramfs 80 MiB, plus 49 MiB "
+            "for the kernel to run, need at least 181 MiB",
         )
     ]
+
+
+def test_memory_for_the_default_kernel_alone(write_vm) -> None:
+    # A small guest is refused at validation, not only once `vmrun run` has the kernel.
+    assert problems(write_vm("[machine]\nmem_size_mib = 64\n")) == [
+        (
+            "machine.mem_size_mib",
+            "64 MiB is too small: the default kernel 52 MiB, plus 49 MiB for the kernel to run, "
+            "need at least 101 MiB",
+        )
+    ]
+    passes(write_vm("[machine]\nmem_size_mib = 101\n"))
 
 
 def test_memory_with_tee_is_the_tee_ram(write_vm, tmp_path: Path) -> None:
