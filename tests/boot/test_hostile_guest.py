@@ -2,8 +2,9 @@
 
 The trust model says nothing a guest does may crash vmrun, hang it or grow its memory. The
 workload here (port_hammer.c, built static and carried in a user initramfs: the cloud
-kernel has no /dev/port) writes pseudo-random values to every I/O port, several rounds, and
-to the window where virtio-mmio devices go (unclaimed here), reading each back, and then
+kernel has no /dev/port) writes pseudo-random values to every I/O port below 0x1000 (every
+256th above: unclaimed, one path in vmrun), several rounds, and to the window where
+virtio-mmio devices go (unclaimed here), reading each back, and then
 exits with a status of its own. vmrun must return that status, and its resident memory
 must not grow from round to round.
 
