@@ -76,16 +76,11 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
     if workload is not None:
         argv += ["--", *workload]
     memory = max(MIN_HOST_MIB, vm.resources.machine.mem_size_mib + HOST_OVERHEAD_MIB)
-    # One emulated CPU for a one-vCPU guest: no cross-CPU interrupts in the emulated host
-    # (one CI lock-up was an IPI from kvm_destroy_vm that never completed), and as fast or
-    # faster, measured (README, "The emulated host holds").
-    vcpus = vm.resources.machine.vcpu_count
-    cpus = 1 if vcpus == 1 else max(2, min(vcpus, os.cpu_count() or 2))
     compile_modules()
     with ExitStack() as stack:
         outputs, ports_env = output_files(vm, stack)
         settings = Settings(
-            cpus=cpus,
+            cpus=host_cpus(vm.resources.machine.vcpu_count),
             memory_mib=memory,
             timeout_s=timeout_s,
             writable=writable_dirs(vm),
@@ -94,6 +89,14 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
             outputs=outputs,
         )
         return run_in_host(provision(), argv, settings, sys.stdout.buffer, sys.stderr.buffer)
+
+
+def host_cpus(vcpus: int) -> int:
+    """Emulated CPUs for a guest of `vcpus`. One for a one-vCPU guest: no cross-CPU
+    interrupts in the emulated host (one CI lock-up was an IPI from kvm_destroy_vm that never
+    completed, and a two-CPU host's kernel once panicked under bench/boot), and as fast or
+    faster, measured (README, "The emulated host holds")."""
+    return 1 if vcpus == 1 else max(2, min(vcpus, os.cpu_count() or 2))
 
 
 def _first_run() -> tuple[tuple[str, str], ...]:

@@ -127,3 +127,11 @@ def test_the_emulated_host_gets_one_cpu_for_a_one_vcpu_guest(
     # Only where the VM file says it writes: not the current directory, not the cache.
     assert seen[0].writable_cwd is False
     assert seen[0].writable == ()
+
+
+@pytest.mark.parametrize(("vcpus", "cpus"), [(1, 1), (2, 2), (3, 2), (8, 2)])
+def test_emulated_cpus_follow_the_guests_vcpus(vcpus: int, cpus: int, monkeypatch) -> None:
+    # One emulated CPU for a one-vCPU guest (no cross-CPU interrupts to lose), at least two
+    # for more, never more than the machine's cores.
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert delegate.host_cpus(vcpus) == cpus
