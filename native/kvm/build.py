@@ -24,9 +24,11 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "vmrun_kvm.h"
+VIRTIO_HEADER = HERE.parent / "virtio" / "virtqueue.h"
 # setuptools refuses absolute paths in setup() arguments: these are relative to the project
 # root, the working directory of every build (pip, `python -m build`, setup.py).
 SOURCE_DIR = "native/kvm"
+VIRTIO_DIR = "native/virtio"
 
 KERNEL_CDEF = """
 typedef int... __u8;
@@ -458,6 +460,7 @@ static const unsigned long KVM_SET_LAPIC;
 PREAMBLE = """
 #include <linux/kvm.h>
 #include "vmrun_kvm.h"
+#include "virtqueue.h"
 
 #define VMRUN_RUN_MEMBER(name) __typeof__(((struct kvm_run *)0)->name)
 typedef VMRUN_RUN_MEMBER(hw) vmrun_run_hw;
@@ -482,15 +485,21 @@ def header_cdef(text: str) -> str:
 ffibuilder = FFI()
 ffibuilder.cdef(KERNEL_CDEF)
 ffibuilder.cdef(header_cdef(HEADER.read_text(encoding="utf-8")))
+ffibuilder.cdef(header_cdef(VIRTIO_HEADER.read_text(encoding="utf-8")))
 ffibuilder.set_source(
     "runner.kvm._native",
     PREAMBLE,
-    sources=[f"{SOURCE_DIR}/vmrun_kvm.c"],
-    include_dirs=[SOURCE_DIR],
-    depends=[f"{SOURCE_DIR}/vmrun_kvm.h"],
+    sources=[f"{SOURCE_DIR}/vmrun_kvm.c", f"{VIRTIO_DIR}/virtqueue.c"],
+    include_dirs=[SOURCE_DIR, VIRTIO_DIR],
+    depends=[f"{SOURCE_DIR}/vmrun_kvm.h", f"{VIRTIO_DIR}/virtqueue.h"],
     # Type mismatches between a declaration above and the real header are errors, not
     # warnings that scroll past in pip's output.
     extra_compile_args=[
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-fstack-protector-strong",
+        "-D_FORTIFY_SOURCE=2",
         "-Werror=incompatible-pointer-types",
         "-Werror=implicit-function-declaration",
         "-Werror=int-conversion",

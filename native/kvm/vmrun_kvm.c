@@ -18,7 +18,7 @@
 
 #include <linux/kvm.h>
 
-const char vmrun_kvm_version[] = "vmrun-kvm 2";
+const char vmrun_kvm_version[] = "vmrun-kvm 3";
 
 int vmrun_kvm_ioctl(int fd, unsigned long request, void *arg)
 {

@@ -1,0 +1,1 @@
+"""virtio: the queue engine's Python door (the transport and devices come on top of it)."""

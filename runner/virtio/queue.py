@@ -1,0 +1,157 @@
+"""A split virtqueue, driven by the native engine (native/virtio/virtqueue.c).
+
+The engine checks everything the guest wrote into a queue (DESIGN invariant 1); this class
+only owns the C structures for it: the queue, the per-head "taken" array and one iovec array
+for the chain being handled, all kept alive as long as the queue is. Device workers in C use
+the same engine directly; Python devices (and the tests) use it through this class.
+
+A queue points into guest memory: the GuestMemory must stay open while the queue is used
+(the builder closes devices before memory, runner/kvm/memory.py).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from runner.errors import VmrunError
+from runner.kvm.memory import GuestMemory
+from runner.kvm.native import ffi, lib
+
+MAX_SIZE = lib.VMRUN_VIRTQ_MAX_SIZE
+# Buffers one chain may have (QEMU's VIRTQUEUE_MAX_SIZE): more is a broken queue.
+MAX_SEGMENTS = 1024
+
+
+class Direction(enum.IntFlag):
+    """What a queue's device takes: buffers it reads, buffers it writes, or both."""
+
+    READABLE = lib.VMRUN_VIRTQ_READABLE
+    WRITABLE = lib.VMRUN_VIRTQ_WRITABLE
+
+
+class Feature(enum.IntEnum):
+    """The transport feature bits the engine implements (bit numbers)."""
+
+    INDIRECT_DESC = lib.VMRUN_VIRTIO_F_INDIRECT_DESC
+    EVENT_IDX = lib.VMRUN_VIRTIO_F_EVENT_IDX
+    VERSION_1 = lib.VMRUN_VIRTIO_F_VERSION_1
+
+
+class QueueBroken(VmrunError):
+    """The guest broke a rule of the queue; the device must be reset (DEVICE_NEEDS_RESET)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        super().__init__(f"virtqueue: {error_text(code)}")
+
+
+def error_text(code: int) -> str:
+    return ffi.string(lib.vmrun_virtq_strerror(code)).decode()
+
+
+@attrs.frozen
+class Chain:
+    """A chain taken from the queue: its head, and its buffers as (gpa-free) memoryviews."""
+
+    head: int
+    readable: tuple[memoryview, ...]
+    writable: tuple[memoryview, ...]
+
+    @property
+    def readable_bytes(self) -> int:
+        return sum(len(b) for b in self.readable)
+
+    @property
+    def writable_bytes(self) -> int:
+        return sum(len(b) for b in self.writable)
+
+    def read_all(self) -> bytes:
+        return b"".join(bytes(b) for b in self.readable)
+
+    def write(self, data: bytes) -> int:
+        """Fill the writable buffers in order with `data`; the bytes written."""
+        done = 0
+        for buffer in self.writable:
+            if done >= len(data):
+                break
+            part = data[done : done + len(buffer)]
+            buffer[: len(part)] = part
+            done += len(part)
+        return done
+
+
+class Virtqueue:
+    """Queue `size` of the rings at `desc`, `avail` and `used` (guest physical), with the
+    negotiated `features`. Raises QueueBroken when the rings are not valid."""
+
+    def __init__(
+        self,
+        memory: GuestMemory,
+        size: int,
+        desc: int,
+        avail: int,
+        used: int,
+        features: int = 0,
+        max_segments: int = MAX_SEGMENTS,
+    ) -> None:
+        self._memory = memory  # kept: the engine's pointers are into it
+        regions, count = memory.native_regions
+        self._q = ffi.new("struct vmrun_virtq *")
+        self._q.size = size if 0 <= size <= 0xFFFF else 0
+        self._q.desc_addr = desc
+        self._q.avail_addr = avail
+        self._q.used_addr = used
+        self._q.features = features
+        self._q.regions = regions
+        self._q.region_count = count
+        self._head_taken = ffi.new("uint8_t[]", max(1, min(size, MAX_SIZE)))
+        self._iov = ffi.new("struct vmrun_iovec[]", max_segments)
+        self._chain = ffi.new("struct vmrun_virtq_chain *")
+        self._chain.iov = self._iov
+        self._chain.capacity = max_segments
+        if size > MAX_SIZE:
+            self._q.size = 0  # the engine refuses it, with its own error
+        error = lib.vmrun_virtq_setup(self._q, self._head_taken)
+        if error:
+            raise QueueBroken(error)
+
+    @property
+    def error(self) -> int:
+        """0, or the code of the rule the guest broke."""
+        return self._q.error
+
+    @property
+    def broken(self) -> bool:
+        return self._q.error != 0
+
+    def pop(self, directions: Direction = Direction.READABLE | Direction.WRITABLE) -> Chain | None:
+        """The next chain, None when there is none; QueueBroken for a bad one."""
+        result = lib.vmrun_virtq_pop(self._q, self._chain, int(directions))
+        if result < 0:
+            raise QueueBroken(result)
+        if result == 0:
+            return None
+        chain = self._chain
+        views = tuple(
+            memoryview(ffi.buffer(chain.iov[i].base, chain.iov[i].len))
+            for i in range(chain.readable + chain.writable)
+        )
+        return Chain(chain.head, views[: chain.readable], views[chain.readable :])
+
+    def push(self, head: int, written: int) -> None:
+        """Give chain `head` back, with `written` bytes in its writable buffers."""
+        result = lib.vmrun_virtq_push(self._q, head, written)
+        if result < 0:
+            raise QueueBroken(result)
+
+    def should_interrupt(self) -> bool:
+        return bool(lib.vmrun_virtq_should_interrupt(self._q))
+
+    def notify(self, enable: bool) -> bool:
+        """Ask for notifications or not; True when enabling found chains waiting."""
+        return bool(lib.vmrun_virtq_notify(self._q, int(enable)))
+
+    def pending(self) -> int:
+        return lib.vmrun_virtq_pending(self._q)
