@@ -39,6 +39,10 @@ from runner.devices.ioapic import MMIO_SIZE as IOAPIC_MMIO_SIZE
 from runner.devices.ioapic import IoApic
 from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, serial_input
 from runner.devices.legacy.serial_output import SerialOutput, open_output_file
+from runner.devices.slots import VirtioSlot, virtio_slots
+from runner.devices.virtio.interrupt import InterruptLine
+from runner.devices.virtio.mmio import MmioTransport, VirtioBackend
+from runner.devices.virtio.rng import VirtioRng
 from runner.emulated import output_ports
 from runner.errors import VmrunError, describe
 from runner.guest.initramfs import guest_initramfs_parts
@@ -79,6 +83,7 @@ class Machine:
     mmio_bus: MmioBus = attrs.Factory(MmioBus)
     ioapic: IoApic | None = None  # the user-space I/O APIC of a split irqchip
     outputs: list[SerialOutput] = attrs.Factory(list)  # the consoles' output writers
+    virtio: list[MmioTransport] = attrs.Factory(list)  # in slot order
 
     def close(self, drain: bool = True) -> None:
         """Tear down; with `drain`, after the consoles' buffered output is written."""
@@ -139,7 +144,11 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
             writes += mptable.mptable_writes(vcpu_count)
             # Kernels without MP-table parsing (Debian's cloud kernel) find the vCPUs, the
             # IOAPIC and the legacy devices' interrupts only in the ACPI tables.
-            writes += acpi.acpi_tables(vcpu_count, legacy_pic=not split_irqchip)
+            windows = [
+                acpi.VirtioMmioWindow(slot.mmio_base, layout.VIRTIO_MMIO_SIZE, slot.irq)
+                for slot in virtio_slots(resources)
+            ]
+            writes += acpi.acpi_tables(vcpu_count, not split_irqchip, windows)
             writes += smbios.smbios_writes(resources.smbios_oem_strings)
             for gpa, data in writes:
                 _write(memory, gpa, data, "boot tables")
@@ -327,6 +336,28 @@ def _attach_devices(machine: Machine, resources: VmResources) -> None:
         guest_ports.ExitPort(machine.exit_port.append),
     )
     bus.insert(guest_ports.DEBUG_PORT, 1, machine.debug)
+    for slot in virtio_slots(resources):
+        # Every other kind is refused before the build (runner/unsupported.py).
+        if slot.kind == "rng":
+            _attach_virtio(machine, slot, VirtioRng())
+
+
+def _attach_virtio(machine: Machine, slot: VirtioSlot, backend: VirtioBackend) -> None:
+    """`backend` behind a virtio-mmio window, its interrupt on the slot's GSI; torn down
+    (workers joined) before the VM and guest memory are."""
+    if machine.ioapic is not None:
+        raise_edge = functools.partial(machine.ioapic.raise_edge, slot.irq)
+        line = InterruptLine.relayed(raise_edge, f"{slot.kind}{slot.index}")
+    else:
+        line = InterruptLine.irqfd(machine.vm, slot.irq)
+    try:
+        transport = MmioTransport(backend, machine.memory, machine.vm, slot.mmio_base, line)
+    except BaseException:
+        line.close()
+        raise
+    machine.resources.callback(transport.close)
+    machine.mmio_bus.insert(slot.mmio_base, layout.VIRTIO_MMIO_SIZE, transport)
+    machine.virtio.append(transport)
 
 
 def _edge(machine: Machine, irq: int) -> Callable[[], None]:

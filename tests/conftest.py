@@ -21,8 +21,9 @@ import pytest
 from runner import progress
 from runner.emulated.host import HARNESS_FAILURE, INSIDE_ENV, TIMED_OUT, qemu_missing
 from runner.guest.debian import PackageError
-from runner.guest.initramfs import GuestImageError, base_image
+from runner.guest.initramfs import GuestImageError
 from runner.guest.kernel import default_kernel
+from runner.guest.provision import provision_default_guest
 from runner.host_kvm import kvm_status
 
 WriteVm = Callable[..., str]
@@ -72,6 +73,9 @@ _delegated = pytest.StashKey[list[pytest.Item]]()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "boot: boots a guest on KVM (run inside the emulated host where KVM is unusable)"
+    )
+    config.addinivalue_line(
+        "markers", "fuzz: runs a libFuzzer harness for VMRUN_FUZZ_SECONDS (tests/native)"
     )
 
 
@@ -154,7 +158,7 @@ def _run_in_emulated_host(
             # The emulated host has no network: download and build here what boot tests
             # build guests from (as `vmrun run` does before it enters).
             kernel = default_kernel()
-            base_image()
+            provision_default_guest()
         except (PackageError, GuestImageError) as exc:
             why_not = f"cannot provision what boot tests need: {exc}"
         else:

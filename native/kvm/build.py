@@ -24,7 +24,8 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "vmrun_kvm.h"
-VIRTIO_HEADER = HERE.parent / "virtio" / "virtqueue.h"
+# The virtio engine and devices' data paths (native/virtio/), declared in cdef order.
+VIRTIO_HEADERS = [HERE.parent / "virtio" / name for name in ("virtqueue.h", "rng.h")]
 # setuptools refuses absolute paths in setup() arguments: these are relative to the project
 # root, the working directory of every build (pip, `python -m build`, setup.py).
 SOURCE_DIR = "native/kvm"
@@ -461,6 +462,7 @@ PREAMBLE = """
 #include <linux/kvm.h>
 #include "vmrun_kvm.h"
 #include "virtqueue.h"
+#include "rng.h"
 
 #define VMRUN_RUN_MEMBER(name) __typeof__(((struct kvm_run *)0)->name)
 typedef VMRUN_RUN_MEMBER(hw) vmrun_run_hw;
@@ -485,13 +487,14 @@ def header_cdef(text: str) -> str:
 ffibuilder = FFI()
 ffibuilder.cdef(KERNEL_CDEF)
 ffibuilder.cdef(header_cdef(HEADER.read_text(encoding="utf-8")))
-ffibuilder.cdef(header_cdef(VIRTIO_HEADER.read_text(encoding="utf-8")))
+for header in VIRTIO_HEADERS:
+    ffibuilder.cdef(header_cdef(header.read_text(encoding="utf-8")))
 ffibuilder.set_source(
     "runner.kvm._native",
     PREAMBLE,
-    sources=[f"{SOURCE_DIR}/vmrun_kvm.c", f"{VIRTIO_DIR}/virtqueue.c"],
+    sources=[f"{SOURCE_DIR}/vmrun_kvm.c", f"{VIRTIO_DIR}/virtqueue.c", f"{VIRTIO_DIR}/rng.c"],
     include_dirs=[SOURCE_DIR, VIRTIO_DIR],
-    depends=[f"{SOURCE_DIR}/vmrun_kvm.h", f"{VIRTIO_DIR}/virtqueue.h"],
+    depends=[f"{SOURCE_DIR}/vmrun_kvm.h", f"{VIRTIO_DIR}/virtqueue.h", f"{VIRTIO_DIR}/rng.h"],
     # Type mismatches between a declaration above and the real header are errors, not
     # warnings that scroll past in pip's output.
     extra_compile_args=[

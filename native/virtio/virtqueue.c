@@ -13,6 +13,7 @@
 #include "virtqueue.h"
 
 #include <string.h>
+#include <unistd.h>
 
 enum {
     DESC_SIZE = 16,
@@ -83,7 +84,7 @@ static uint8_t *avail_event(const struct vmrun_virtq *q)
     return q->used + RING_HEADER + USED_ELEM * (size_t)q->size;
 }
 
-int vmrun_virtq_setup(struct vmrun_virtq *q, uint8_t *head_taken)
+int vmrun_virtq_setup(struct vmrun_virtq *q, uint64_t *in_flight)
 {
     q->ready = 0;
     q->error = 0;
@@ -99,8 +100,8 @@ int vmrun_virtq_setup(struct vmrun_virtq *q, uint8_t *head_taken)
         return broken(q, VMRUN_VIRTQ_E_RING);
     /* Host pointers must keep the guest address's alignment for the atomic accesses below:
      * regions are page-aligned on both sides (runner/kvm/memory.py), so they do. */
-    q->head_taken = head_taken;
-    memset(head_taken, 0, size);
+    q->in_flight = in_flight;
+    memset(in_flight, 0, size * sizeof *in_flight);
     q->next_avail = 0;
     q->next_used = 0;
     q->signalled_used = 0;
@@ -151,9 +152,10 @@ static int add_buffer(struct vmrun_virtq *q, struct vmrun_virtq_chain *chain,
     return VMRUN_VIRTQ_OK;
 }
 
-/* Follow the chain from `head`: every descriptor read once, at most one indirect table (only
- * as the chain's first descriptor, as Linux and QEMU have it), at most as many descriptors as
- * the table being walked holds (which ends any loop). */
+/* Follow the chain from `head`: every descriptor read once; at most one indirect table, as
+ * the chain's last descriptor (after zero or more direct ones, which 2.7.5.3.2 says a device
+ * must take); at most as many descriptors as the table being walked holds (which ends any
+ * loop): `size` direct ones, then the indirect table's entries. */
 static int walk(struct vmrun_virtq *q, struct vmrun_virtq_chain *chain, uint16_t head,
                 unsigned directions)
 {
@@ -173,7 +175,7 @@ static int walk(struct vmrun_virtq *q, struct vmrun_virtq_chain *chain, uint16_t
         if (d.flags & VMRUN_VIRTQ_DESC_F_INDIRECT) {
             if (indirect)
                 return VMRUN_VIRTQ_E_INDIRECT_NESTED;
-            if (!has_feature(q, VMRUN_VIRTIO_F_INDIRECT_DESC) || seen != 1 ||
+            if (!has_feature(q, VMRUN_VIRTIO_F_INDIRECT_DESC) ||
                 (d.flags & VMRUN_VIRTQ_DESC_F_NEXT))
                 return VMRUN_VIRTQ_E_INDIRECT;
             if (d.len == 0 || d.len % DESC_SIZE || d.len / DESC_SIZE > MAX_INDIRECT)
@@ -207,12 +209,12 @@ int vmrun_virtq_pop(struct vmrun_virtq *q, struct vmrun_virtq_chain *chain, unsi
     if (waiting <= 0)
         return waiting;
     uint16_t head = load16(avail_ring_slot(q, q->next_avail), __ATOMIC_RELAXED);
-    if (head >= q->size || q->head_taken[head])
+    if (head >= q->size || q->in_flight[head])
         return broken(q, VMRUN_VIRTQ_E_HEAD);
     error = walk(q, chain, head, directions);
     if (error)
         return broken(q, error);
-    q->head_taken[head] = 1;
+    q->in_flight[head] = (uint64_t)1 << 32 | chain->writable_bytes;
     q->next_avail++;
     if (q->notify_enabled && has_feature(q, VMRUN_VIRTIO_F_EVENT_IDX))
         store16(avail_event(q), q->next_avail, __ATOMIC_RELEASE);
@@ -224,13 +226,16 @@ int vmrun_virtq_push(struct vmrun_virtq *q, uint16_t head, uint32_t written)
     int error = usable(q);
     if (error)
         return error;
-    if (head >= q->size || !q->head_taken[head])
+    if (head >= q->size || !q->in_flight[head])
         return VMRUN_VIRTQ_E_USED_HEAD;
+    uint32_t writable = (uint32_t)q->in_flight[head];
+    if (written > writable)
+        written = writable;
     uint8_t *elem = q->used + RING_HEADER + USED_ELEM * (size_t)(q->next_used & (q->size - 1));
     uint32_t id = head;
     memcpy(elem, &id, 4);
     memcpy(elem + 4, &written, 4);
-    q->head_taken[head] = 0;
+    q->in_flight[head] = 0;
     q->next_used++;
     /* The element before the index: the driver reads them in the other order. */
     store16(q->used + 2, q->next_used, __ATOMIC_RELEASE);
@@ -284,6 +289,25 @@ int vmrun_virtq_pending(struct vmrun_virtq *q)
         return 0;
     int waiting = available(q);
     return waiting > 0 ? waiting : 0;
+}
+
+uint32_t vmrun_virtio_interrupt_status(const uint32_t *status)
+{
+    return __atomic_load_n(status, __ATOMIC_SEQ_CST);
+}
+
+void vmrun_virtio_interrupt_ack(uint32_t *status, uint32_t bits)
+{
+    __atomic_fetch_and(status, ~bits, __ATOMIC_SEQ_CST);
+}
+
+void vmrun_virtio_interrupt_raise(uint32_t *status, uint32_t bit, int irq_fd)
+{
+    __atomic_fetch_or(status, bit, __ATOMIC_SEQ_CST);
+    uint64_t one = 1;
+    /* An eventfd write fails only when its counter would overflow: the interrupt is then
+     * pending anyway. */
+    (void)!write(irq_fd, &one, sizeof one);
 }
 
 const char *vmrun_virtq_strerror(int error)

@@ -102,14 +102,14 @@ struct vmrun_virtq {
     uint8_t *desc;              /* host addresses of the three rings, set by setup */
     uint8_t *avail;
     uint8_t *used;
-    uint8_t *head_taken;        /* per head: taken and not yet returned; caller's array */
+    uint64_t *in_flight;        /* per head: 0, or 1 << 32 | its writable bytes while taken */
 };
 
 /* Check the rings (size, alignment, each inside one region of RAM) and start the queue at
- * index 0. `head_taken` is the caller's array of `size` bytes, zeroed here, owned by the
+ * index 0. `in_flight` is the caller's array of `size` entries, zeroed here, owned by the
  * caller as long as the queue is used. Returns 0 or a vmrun_virtq_error (the queue is then
  * broken). */
-int vmrun_virtq_setup(struct vmrun_virtq *q, uint8_t *head_taken);
+int vmrun_virtq_setup(struct vmrun_virtq *q, uint64_t *in_flight);
 
 /* Take the next available chain into `chain`. Returns 1 when one was taken, 0 when the ring is
  * empty, or a vmrun_virtq_error: the queue is broken (the chain is then not taken, and the
@@ -118,7 +118,8 @@ int vmrun_virtq_setup(struct vmrun_virtq *q, uint8_t *head_taken);
 int vmrun_virtq_pop(struct vmrun_virtq *q, struct vmrun_virtq_chain *chain, unsigned directions);
 
 /* Return chain `head` to the driver with `written` bytes written into its writable buffers
- * (the device's count, at most the chain's writable_bytes). Returns 0, or
+ * (cut to the chain's writable_bytes: a device's miscount never tells the driver to read
+ * beyond its buffers). Returns 0, or
  * VMRUN_VIRTQ_E_USED_HEAD for a head that was not taken (a device bug: the queue stays as it
  * was) or another vmrun_virtq_error on a queue that is not ready or broken. */
 int vmrun_virtq_push(struct vmrun_virtq *q, uint16_t head, uint32_t written);
@@ -134,6 +135,18 @@ int vmrun_virtq_notify(struct vmrun_virtq *q, int enable);
 
 /* Chains waiting in the available ring (0 on a broken queue; a broken idx breaks it). */
 int vmrun_virtq_pending(struct vmrun_virtq *q);
+
+/* The virtio-mmio InterruptStatus register, shared by the transport (Python, on the vCPU's
+ * MMIO exit) and the workers: every access is atomic, so an acknowledgement never loses a
+ * bit a worker sets at the same time. */
+enum {
+    VMRUN_VIRTIO_INT_USED = 1,   /* used buffer notification */
+    VMRUN_VIRTIO_INT_CONFIG = 2, /* configuration change (or DEVICE_NEEDS_RESET) */
+};
+uint32_t vmrun_virtio_interrupt_status(const uint32_t *status);
+void vmrun_virtio_interrupt_ack(uint32_t *status, uint32_t bits);
+/* Set `bit` and signal the device's interrupt eventfd (an irqfd, or the split irqchip's). */
+void vmrun_virtio_interrupt_raise(uint32_t *status, uint32_t bit, int irq_fd);
 
 /* The error's words, for a message; "unknown" for a value that is none. */
 const char *vmrun_virtq_strerror(int error);

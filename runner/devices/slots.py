@@ -14,7 +14,7 @@ from runner.config.model import VmResources
 
 @attrs.frozen
 class VirtioSlot:
-    kind: str  # console, fs, block, net, vsock, gpu, snd, input
+    kind: str  # console, rng, fs, block, net, vsock, gpu, snd, input
     index: int  # the n-th device of its kind
     slot: int  # position on the MMIO bus
 
@@ -39,6 +39,8 @@ def virtio_slots(resources: VmResources) -> list[VirtioSlot]:
             "console",
             (0 if resources.disable_implicit_console else 1) + len(resources.virtio_consoles),
         ),
+        # Implicit, as in libkrun: every guest gets an entropy source it can trust.
+        ("rng", 1),
         ("fs", len(resources.fs)),
         ("block", len(resources.block)),
         ("net", len(resources.net)),

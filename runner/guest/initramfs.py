@@ -22,6 +22,7 @@ from runner.cache import cache_dir, write_atomically
 from runner.config.model import VmResources
 from runner.errors import VmrunError
 from runner.guest import debian
+from runner.guest.modules import guest_module_paths, modules_archive
 from runner.host_files import read_regular
 
 NATIVE_INIT = Path(__file__).resolve().parents[2] / "native" / "init"
@@ -140,10 +141,12 @@ def render_config(lines: Iterable[tuple[str, str]]) -> bytes:
     return CONFIG_MAGIC + b"\n" + body + CONFIG_END + b"\n"
 
 
-def init_config(resources: VmResources, argv: Sequence[str]) -> bytes:
-    """What the init runs and how, from the VM file (and `argv`, which replaces exec/args)."""
+def init_config(resources: VmResources, argv: Sequence[str], modules: Sequence[str] = ()) -> bytes:
+    """What the init runs and how, from the VM file (and `argv`, which replaces exec/args);
+    `modules` are paths in the initramfs, loaded in order before the root is mounted."""
     workload = resources.workload
     lines: list[tuple[str, str]] = [("hostname", (workload and workload.hostname) or "vmrun")]
+    lines += [("module", "/" + path) for path in modules]
     if workload is not None:
         lines += [("env", f"{name}={value}") for name, value in workload.env.items()]
         lines.append(("workdir", workload.workdir))
@@ -165,11 +168,17 @@ def guest_initramfs_parts(resources: VmResources, argv: Sequence[str]) -> list[b
         mem_size = resources.machine.mem_size_mib << 20
         user = read_regular(resources.kernel.initramfs, "kernel.initramfs", mem_size)
         parts.append(user + bytes(-len(user) % 4))
-    parts.append(base_image().read_bytes())
-    config = cpio(
-        [Entry.directory("vmrun"), Entry.file("vmrun/config", init_config(resources, argv))]
-    )
-    parts.append(compressed(config))
+    base = base_image().read_bytes()
+    # An uncompressed archive is found only at a multiple of 4 bytes (Linux's
+    # unpack_to_rootfs); zeros after a compressed one are skipped.
+    parts.append(base + bytes(-len(base) % 4))
+    modules = modules_archive(resources)
+    if modules is not None:
+        # Not compressed (a cpio's size is a multiple of 4): unpacking in the guest would
+        # cost more than copying its few hundred KiB.
+        parts.append(modules.read_bytes())
+    config = init_config(resources, argv, guest_module_paths(resources))
+    parts.append(compressed(cpio([Entry.directory("vmrun"), Entry.file("vmrun/config", config)])))
     return parts
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from runner.config.model import VmResources
 from runner.guest.initramfs import base_image
 from runner.guest.kernel import default_kernel
+from runner.guest.modules import default_modules_archive, modules_archive
 
 
 def provision_guest(resources: VmResources) -> None:
@@ -18,3 +19,11 @@ def provision_guest(resources: VmResources) -> None:
     if resources.kernel_bundle is None and resources.kernel.path is None:
         default_kernel()
     base_image()
+    modules_archive(resources)
+
+
+def provision_default_guest() -> None:
+    """What a VM with the default kernel needs (the boot tests' and benchmarks' guests)."""
+    default_kernel()
+    base_image()
+    default_modules_archive()

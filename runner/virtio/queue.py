@@ -1,12 +1,14 @@
 """A split virtqueue, driven by the native engine (native/virtio/virtqueue.c).
 
 The engine checks everything the guest wrote into a queue (DESIGN invariant 1); this class
-only owns the C structures for it: the queue, the per-head "taken" array and one iovec array
+only owns the C structures for it: the queue, the per-head in-flight array and one iovec array
 for the chain being handled, all kept alive as long as the queue is. Device workers in C use
 the same engine directly; Python devices (and the tests) use it through this class.
 
 A queue points into guest memory: the GuestMemory must stay open while the queue is used
-(the builder closes devices before memory, runner/kvm/memory.py).
+(the builder closes devices before memory, runner/kvm/memory.py). A call after it closed
+raises GuestMemoryError here instead of touching unmapped memory; a native worker relies on
+that order alone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import enum
 import attrs
 
 from runner.errors import VmrunError
-from runner.kvm.memory import GuestMemory
+from runner.kvm.memory import GuestMemory, GuestMemoryError
 from runner.kvm.native import ffi, lib
 
 MAX_SIZE = lib.VMRUN_VIRTQ_MAX_SIZE
@@ -106,16 +108,21 @@ class Virtqueue:
         self._q.features = features
         self._q.regions = regions
         self._q.region_count = count
-        self._head_taken = ffi.new("uint8_t[]", max(1, min(size, MAX_SIZE)))
+        self._in_flight = ffi.new("uint64_t[]", max(1, min(size, MAX_SIZE)))
         self._iov = ffi.new("struct vmrun_iovec[]", max_segments)
         self._chain = ffi.new("struct vmrun_virtq_chain *")
         self._chain.iov = self._iov
         self._chain.capacity = max_segments
         if size > MAX_SIZE:
             self._q.size = 0  # the engine refuses it, with its own error
-        error = lib.vmrun_virtq_setup(self._q, self._head_taken)
+        error = lib.vmrun_virtq_setup(self._q, self._in_flight)
         if error:
             raise QueueBroken(error)
+
+    @property
+    def native(self) -> object:
+        """The engine's `struct vmrun_virtq *`, for a native worker; valid while this lives."""
+        return self._q
 
     @property
     def error(self) -> int:
@@ -128,6 +135,7 @@ class Virtqueue:
 
     def pop(self, directions: Direction = Direction.READABLE | Direction.WRITABLE) -> Chain | None:
         """The next chain, None when there is none; QueueBroken for a bad one."""
+        self._check_memory()
         result = lib.vmrun_virtq_pop(self._q, self._chain, int(directions))
         if result < 0:
             raise QueueBroken(result)
@@ -142,16 +150,24 @@ class Virtqueue:
 
     def push(self, head: int, written: int) -> None:
         """Give chain `head` back, with `written` bytes in its writable buffers."""
+        self._check_memory()
         result = lib.vmrun_virtq_push(self._q, head, written)
         if result < 0:
             raise QueueBroken(result)
 
     def should_interrupt(self) -> bool:
+        self._check_memory()
         return bool(lib.vmrun_virtq_should_interrupt(self._q))
 
     def notify(self, enable: bool) -> bool:
         """Ask for notifications or not; True when enabling found chains waiting."""
+        self._check_memory()
         return bool(lib.vmrun_virtq_notify(self._q, int(enable)))
 
     def pending(self) -> int:
+        self._check_memory()
         return lib.vmrun_virtq_pending(self._q)
+
+    def _check_memory(self) -> None:
+        if self._memory.closed:
+            raise GuestMemoryError("the queue's guest memory is closed")

@@ -587,7 +587,9 @@ def _disks(count: int) -> str:
 def test_twenty_block_devices_are_too_many(write_vm, tmp_path: Path) -> None:
     sized(tmp_path / "disk.img", 4096)
     path = write_vm(_disks(20))
-    message = "21 virtio devices (1 console, 20 block) but only 19 interrupt lines (IRQ 5-23)"
+    message = (
+        "22 virtio devices (1 console, 1 rng, 20 block) but only 19 interrupt lines (IRQ 5-23)"
+    )
     assert problems(path) == [("(document)", message)]
     assert lines(path) == [f"{path}:1:1: (document): {message}"]
 
@@ -598,28 +600,32 @@ def test_interrupt_budget_lists_every_kind(write_vm, tmp_path: Path) -> None:
     assert problems(path) == [
         (
             "(document)",
-            "21 virtio devices (1 console, 18 block, 1 vsock, 1 snd) but only 19 interrupt "
-            "lines (IRQ 5-23)",
+            "22 virtio devices (1 console, 1 rng, 18 block, 1 vsock, 1 snd) but only 19 "
+            "interrupt lines (IRQ 5-23)",
         )
     ]
 
 
 def test_nineteen_virtio_devices_fit(write_vm, tmp_path: Path) -> None:
     sized(tmp_path / "disk.img", 4096)
-    passes(write_vm(_disks(18)))  # with the implicit console: 19
-    passes(write_vm("disable_implicit_console = true\n" + _disks(19)))
+    passes(write_vm(_disks(17)))  # with the implicit console and rng: 19
+    passes(write_vm("disable_implicit_console = true\n" + _disks(18)))
+    assert problems(write_vm("disable_implicit_console = true\n" + _disks(19)))
 
 
 # --- command_line ----------------------------------------------------------------------------
 
 
+# No console and only the implicit rng: the command line is the prolog and the rng's entry.
+RNG_ENTRY = " virtio_mmio.device=4K@0xd0000000:5"
+
+
 def _bare_cmdline(prolog: str) -> str:
-    # No console, no virtio device: the command line is the prolog alone.
     return f'disable_implicit_console = true\n[kernel_cmdline]\nprolog = "{prolog}"\n'
 
 
 def test_command_line_too_long(write_vm) -> None:
-    path = write_vm(_bare_cmdline("x" * 2048))
+    path = write_vm(_bare_cmdline("x" * (2048 - len(RNG_ENTRY))))
     message = (
         "the composed kernel command line is 2048 bytes; at most 2047 fit "
         "(the kernel's 2048 with the terminating NUL)"
@@ -629,12 +635,13 @@ def test_command_line_too_long(write_vm) -> None:
 
 
 def test_command_line_counts_bytes(write_vm) -> None:
-    path = write_vm(_bare_cmdline("é" * 1024))  # 1024 characters, 2048 bytes
+    # Characters of two bytes each: 2048 bytes in all, fewer characters.
+    path = write_vm(_bare_cmdline("é" * ((2048 - len(RNG_ENTRY)) // 2) + "x"))
     assert problems(path)[0][1].startswith("the composed kernel command line is 2048 bytes;")
 
 
 def test_command_line_of_2047_bytes_fits(write_vm) -> None:
-    vm = passes(write_vm(_bare_cmdline("x" * 2047)))
+    vm = passes(write_vm(_bare_cmdline("x" * (2047 - len(RNG_ENTRY)))))
     assert len(cmdline.compose(vm.resources).encode()) == 2047
 
 

@@ -193,7 +193,16 @@ def test_every_declared_layout_is_the_compilers(tmp_path: Path) -> None:
     source.write_text("\n".join(program), encoding="utf-8")
     binary = tmp_path / "layout"
     subprocess.run(
-        ["gcc", f"-I{NATIVE_DIR}", "-o", str(binary), str(source)], check=True, cwd=tmp_path
+        [
+            "gcc",
+            f"-I{NATIVE_DIR}",
+            f"-I{NATIVE_DIR.parent / 'virtio'}",
+            "-o",
+            str(binary),
+            str(source),
+        ],
+        check=True,
+        cwd=tmp_path,
     )
     output = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout
     from_c = {}

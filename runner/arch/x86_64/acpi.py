@@ -49,6 +49,14 @@ src/acpi-tables and src/vmm/src/acpi; KVM irq_comm.c):
   AML used (ACPI 6.5 chapter 20; resource descriptors 6.4): Scope(\\_SB) { Device(COMn) {
   Name(_HID, EisaId("PNP0501")), Name(_UID, n), Name(_CRS, ResourceTemplate() { IO(Decode16,
   base, base, 1, 8), Interrupt(ResourceConsumer, Edge, ActiveHigh, Shared) { irq } }) } ... }.
+- virtio-mmio devices: Debian's cloud kernel has no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, so
+  it finds them only here, as QEMU's microvm describes them: Device(VRnn) { Name(_HID,
+  "LNRO0005"), Name(_UID, n), Name(_CCA, One), Name(_CRS, ResourceTemplate() {
+  Memory32Fixed(ReadWrite, base, size), Interrupt(ResourceConsumer, Edge, ActiveHigh,
+  Exclusive) { gsi } }) }. Edge, because vmrun raises them through irqfd (a pulse). Kernels
+  without ACPI (libkrunfw's) take `virtio_mmio.device=` entries instead, and the ones with
+  both (cmdline devices and ACPI) would see each device twice, which no kernel vmrun boots
+  has (tests/boot check each device appears once).
 - No Interrupt Source Override. A PC's firmware says ISA IRQ 0 -> GSI 2 because its chipset
   (and QEMU, which reprograms KVM's routing that way) wires the PIT to I/O APIC pin 2. vmrun
   keeps KVM's default routing, in which GSI n goes to I/O APIC pin n (and 8259 pin n % 8)
@@ -64,6 +72,9 @@ from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Sequence
+
+import attrs
 
 from runner.arch.x86_64 import layout
 from runner.devices.legacy import i8042, serial
@@ -146,6 +157,8 @@ RES_IRQ_CONSUMER = 1 << 0
 RES_IRQ_EDGE = 1 << 1  # clear: level
 RES_IRQ_ACTIVE_LOW = 1 << 2  # clear: active high
 RES_IRQ_SHARED = 1 << 3
+RES_MEMORY32_FIXED = 0x86  # large item, type 0x06, 9 bytes follow
+RES_MEMORY_READ_WRITE = 1 << 0
 RES_END = 0x79  # small item, type 0x0F, 1 byte follows: the checksum (0: not checked)
 
 # The legacy devices vmrun attaches (runner/builder.py) and their ISA IRQs, as on a PC.
@@ -304,6 +317,24 @@ def _interrupt(gsi: int, shared: bool = False) -> bytes:
     return struct.pack("<BHBBI", RES_EXTENDED_IRQ, 2 + 4, flags, 1, gsi)
 
 
+def _memory32_fixed(base: int, length: int) -> bytes:
+    """Memory32Fixed(ReadWrite, base, length)."""
+    return struct.pack("<BHBII", RES_MEMORY32_FIXED, 9, RES_MEMORY_READ_WRITE, base, length)
+
+
+def _string(text: str) -> bytes:
+    return bytes([AML_STRING]) + text.encode("ascii") + b"\0"
+
+
+@attrs.frozen
+class VirtioMmioWindow:
+    """A virtio-mmio device as the DSDT describes it: its register window and its GSI."""
+
+    base: int
+    size: int
+    gsi: int
+
+
 def _device(name: str, *objects: bytes) -> bytes:
     content = _name_seg(name) + b"".join(objects)
     return bytes([AML_EXT_PREFIX, AML_DEVICE]) + _pkg_length(len(content)) + content
@@ -314,8 +345,9 @@ def _scope(path: bytes, *objects: bytes) -> bytes:
     return bytes([AML_SCOPE]) + _pkg_length(len(content)) + content
 
 
-def dsdt_aml() -> bytes:
-    """Scope(\\_SB) with the legacy devices vmrun attaches: COM1-COM4, the i8042, the RTC.
+def dsdt_aml(virtio: Sequence[VirtioMmioWindow] = ()) -> bytes:
+    """Scope(\\_SB) with the legacy devices vmrun attaches: COM1-COM4, the i8042, the RTC,
+    then the `virtio` devices in slot order.
 
     All four COM ports are described (as Firecracker does): Linux's 8250 driver probes the
     four legacy addresses anyway, and an absent port reads back 0xff and stays unused. COM1
@@ -349,14 +381,26 @@ def dsdt_aml() -> bytes:
             _name("_CRS", _resource_template(_io(RTC_PORT, RTC_PORT_COUNT), _interrupt(RTC_IRQ))),
         )
     )
+    for index, window in enumerate(virtio):
+        devices.append(
+            _device(
+                f"VR{index:02X}",
+                _name("_HID", _string("LNRO0005")),
+                _name("_UID", _integer(index)),
+                _name("_CCA", _integer(1)),  # cache-coherent: DMA needs no syncing
+                _name(
+                    "_CRS",
+                    _resource_template(
+                        _memory32_fixed(window.base, window.size), _interrupt(window.gsi)
+                    ),
+                ),
+            )
+        )
     return _scope(bytes([AML_ROOT]) + _name_seg("_SB_"), *devices)
 
 
-DSDT_AML = dsdt_aml()
-
-
-def dsdt() -> bytes:
-    return _table(DSDT_SIGNATURE, DSDT_REVISION, DSDT_AML)
+def dsdt(virtio: Sequence[VirtioMmioWindow] = ()) -> bytes:
+    return _table(DSDT_SIGNATURE, DSDT_REVISION, dsdt_aml(virtio))
 
 
 def madt(vcpus: int, legacy_pic: bool = True) -> bytes:
@@ -385,9 +429,12 @@ def acpi_size(vcpus: int) -> int:
     return gpa + len(data) - ACPI_ADDRESS
 
 
-def acpi_tables(vcpus: int, legacy_pic: bool = True) -> list[tuple[int, bytes]]:
+def acpi_tables(
+    vcpus: int, legacy_pic: bool = True, virtio: Sequence[VirtioMmioWindow] = ()
+) -> list[tuple[int, bytes]]:
     """(guest physical address, bytes) of the RSDP, XSDT, FADT, DSDT and MADT for `vcpus`;
-    `legacy_pic` false for a machine without a dual 8259 (a split irqchip)."""
+    `legacy_pic` false for a machine without a dual 8259 (a split irqchip); `virtio` the
+    virtio-mmio devices, in slot order."""
     if not 1 <= vcpus <= MAX_VCPUS:
         raise AcpiError(f"{vcpus} vCPUs; the MADT describes 1 to {MAX_VCPUS}")
 
@@ -396,13 +443,14 @@ def acpi_tables(vcpus: int, legacy_pic: bool = True) -> list[tuple[int, bytes]]:
     xsdt_address = _align(ACPI_ADDRESS + RSDP.size)
     fadt_address = _align(xsdt_address + SDT_HEADER.size + 2 * 8)
     dsdt_address = _align(fadt_address + FADT_LENGTH)
-    madt_address = _align(dsdt_address + SDT_HEADER.size + len(DSDT_AML))
+    dsdt_table = dsdt(virtio)
+    madt_address = _align(dsdt_address + len(dsdt_table))
 
     writes = [
         (ACPI_ADDRESS, rsdp(xsdt_address)),
         (xsdt_address, xsdt([fadt_address, madt_address])),
         (fadt_address, fadt(dsdt_address)),
-        (dsdt_address, dsdt()),
+        (dsdt_address, dsdt_table),
         (madt_address, madt(vcpus, legacy_pic)),
     ]
     for (gpa, data), (next_gpa, _) in itertools.pairwise(writes):
