@@ -1,0 +1,258 @@
+"""The virtio-mmio transport and the virtio-rng worker, driven as a guest driver would, with a
+fake Vm (STYLE 14): its ioeventfds are recorded, and a test writes them as KVM would."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Iterator
+
+import pytest
+from driver import Driver, Heap, Rings
+
+from runner.devices.virtio.interrupt import InterruptLine
+from runner.devices.virtio.mmio import MAGIC, VENDOR_ID, MmioTransport, Reg, Status
+from runner.devices.virtio.rng import QUEUE_SIZE, VirtioRng
+from runner.kvm.memory import GuestMemory
+from runner.kvm.native import ffi, lib
+
+BASE = 0xD000_0000
+RINGS = Rings.packed(QUEUE_SIZE, 0x1000)
+VERSION_1, INDIRECT, EVENT_IDX = 1 << 32, 1 << 28, 1 << 29
+
+
+class FakeVm:
+    def __init__(self) -> None:
+        self.ioeventfds: list[tuple[int, int, int, bool, int | None]] = []
+
+    def ioeventfd(
+        self, fd: int, addr: int, length: int, *, pio: bool, datamatch: int | None = None
+    ) -> None:
+        self.ioeventfds.append((fd, addr, length, pio, datamatch))
+
+
+class Guest:
+    """The transport as the guest's virtio_mmio driver sees it."""
+
+    def __init__(self, transport: MmioTransport, vm: FakeVm, line: InterruptLine) -> None:
+        self.transport, self.vm, self.line = transport, vm, line
+
+    def read(self, reg: int) -> int:
+        return self.transport.read(reg, 4)
+
+    def write(self, reg: int, value: int) -> None:
+        self.transport.write(reg, 4, value)
+
+    def features(self) -> int:
+        pages = []
+        for page in (0, 1):
+            self.write(Reg.DEVICE_FEATURES_SEL, page)
+            pages.append(self.read(Reg.DEVICE_FEATURES))
+        return pages[0] | pages[1] << 32
+
+    def negotiate(self, features: int) -> int:
+        self.write(Reg.STATUS, Status.ACKNOWLEDGE)
+        self.write(Reg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER)
+        for page in (0, 1):
+            self.write(Reg.DRIVER_FEATURES_SEL, page)
+            self.write(Reg.DRIVER_FEATURES, (features >> (32 * page)) & 0xFFFFFFFF)
+        self.write(Reg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK)
+        return self.read(Reg.STATUS)
+
+    def set_up_queue(self, rings: Rings, size: int = QUEUE_SIZE) -> None:
+        self.write(Reg.QUEUE_SEL, 0)
+        self.write(Reg.QUEUE_NUM, size)
+        for low, value in (
+            (Reg.QUEUE_DESC_LOW, rings.desc),
+            (Reg.QUEUE_DRIVER_LOW, rings.avail),
+            (Reg.QUEUE_DEVICE_LOW, rings.used),
+        ):
+            self.write(low, value & 0xFFFFFFFF)
+            self.write(low + 4, value >> 32)
+        self.write(Reg.QUEUE_READY, 1)
+
+    def driver_ok(self) -> None:
+        self.write(Reg.STATUS, self.read(Reg.STATUS) | Status.DRIVER_OK)
+
+    def notify(self) -> None:
+        """What KVM does for a QueueNotify write of 0: signal the ioeventfd."""
+        fd, addr, length, pio, datamatch = self.vm.ioeventfds[0]
+        assert (addr, length, pio, datamatch) == (BASE + Reg.QUEUE_NOTIFY, 4, False, 0)
+        os.eventfd_write(fd, 1)
+
+
+@pytest.fixture
+def memory() -> Iterator[GuestMemory]:
+    with GuestMemory.flat(0x40000) as memory:
+        yield memory
+
+
+@pytest.fixture
+def guest(memory: GuestMemory) -> Iterator[Guest]:
+    vm = FakeVm()
+    irq = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    line = InterruptLine(irq, lambda: os.close(irq))
+    transport = MmioTransport(VirtioRng(), memory, vm, BASE, line)  # type: ignore[arg-type]
+    yield Guest(transport, vm, line)
+    transport.close()
+
+
+def wait_for(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def interrupted(guest: Guest) -> bool:
+    return bool(select.select([guest.line.fd], [], [], 5)[0])
+
+
+def test_the_registers_say_what_the_device_is(guest: Guest) -> None:
+    assert guest.read(Reg.MAGIC_VALUE) == MAGIC
+    assert guest.read(Reg.VERSION) == 2
+    assert guest.read(Reg.DEVICE_ID) == 4  # entropy source
+    assert guest.read(Reg.VENDOR_ID) == VENDOR_ID
+    assert guest.features() == VERSION_1 | INDIRECT | EVENT_IDX
+    assert guest.read(Reg.QUEUE_NUM_MAX) == QUEUE_SIZE
+    guest.write(Reg.QUEUE_SEL, 1)  # no second queue
+    assert guest.read(Reg.QUEUE_NUM_MAX) == 0
+    # Only aligned 32-bit accesses reach registers (4.2.2.2); others read 0.
+    assert guest.transport.read(Reg.MAGIC_VALUE, 2) == 0
+    assert guest.transport.read(Reg.MAGIC_VALUE + 1, 4) == 0
+
+
+@pytest.mark.parametrize(
+    ("features", "accepted"),
+    [
+        (VERSION_1, True),
+        (VERSION_1 | INDIRECT | EVENT_IDX, True),
+        (INDIRECT, False),  # a legacy driver: no VERSION_1
+        (VERSION_1 | 1 << 5, False),  # a bit the device does not offer
+    ],
+)
+def test_features_ok_only_for_what_the_device_offers(
+    guest: Guest, features: int, accepted: bool
+) -> None:
+    assert bool(guest.negotiate(features) & Status.FEATURES_OK) == accepted
+
+
+def test_a_request_is_filled_from_the_host_and_interrupts(
+    guest: Guest, memory: GuestMemory
+) -> None:
+    driver = Driver(memory, QUEUE_SIZE, RINGS, Heap([(0x10000, 0x40000)]))
+    assert guest.negotiate(VERSION_1 | EVENT_IDX) & Status.FEATURES_OK
+    guest.set_up_queue(RINGS)
+    guest.driver_ok()
+    head = driver.add_chain([(0x20000, 64, True), (0x21000, 64, True)])
+    driver.publish()
+    guest.notify()
+    wait_for(lambda: driver.used_idx == 1, "the used ring")
+    assert driver.take_used() == [(head, 128)]
+    filled = memory.read(0x20000, 64) + memory.read(0x21000, 64)
+    assert filled != bytes(128) and len(set(filled)) > 16
+    assert interrupted(guest)
+    assert guest.read(Reg.INTERRUPT_STATUS) == lib.VMRUN_VIRTIO_INT_USED
+    guest.write(Reg.INTERRUPT_ACK, lib.VMRUN_VIRTIO_INT_USED)
+    assert guest.read(Reg.INTERRUPT_STATUS) == 0
+    assert guest.transport.backend.served() == 1
+
+
+def test_a_request_larger_than_the_limit_gets_the_limit(guest: Guest, memory: GuestMemory) -> None:
+    driver = Driver(memory, QUEUE_SIZE, RINGS, Heap([(0x10000, 0x40000)]))
+    guest.negotiate(VERSION_1)
+    guest.set_up_queue(RINGS)
+    guest.driver_ok()
+    driver.add_chain([(0x10000, 0x30000, True)])  # 192 KiB asked
+    driver.publish()
+    guest.notify()
+    wait_for(lambda: driver.used_idx == 1, "the used ring")
+    assert driver.take_used() == [(0, lib.VMRUN_RNG_CHAIN_LIMIT)]
+
+
+def test_a_readable_buffer_breaks_the_device_and_vmrun_goes_on(
+    guest: Guest, memory: GuestMemory
+) -> None:
+    driver = Driver(memory, QUEUE_SIZE, RINGS, Heap([(0x10000, 0x40000)]))
+    guest.negotiate(VERSION_1)
+    guest.set_up_queue(RINGS)
+    guest.driver_ok()
+    driver.add_chain([(0x20000, 64, False)])  # the device only writes
+    driver.publish()
+    guest.notify()
+    wait_for(lambda: guest.read(Reg.STATUS) & Status.DEVICE_NEEDS_RESET, "DEVICE_NEEDS_RESET")
+    assert guest.read(Reg.INTERRUPT_STATUS) & lib.VMRUN_VIRTIO_INT_CONFIG
+    assert driver.used_idx == 0
+    # A reset gives the guest a working device again.
+    guest.write(Reg.STATUS, 0)
+    assert guest.read(Reg.STATUS) == 0 and guest.read(Reg.INTERRUPT_STATUS) == 0
+    fresh = Driver(memory, QUEUE_SIZE, RINGS, Heap([(0x10000, 0x40000)]))
+    guest.negotiate(VERSION_1)
+    guest.set_up_queue(RINGS)
+    guest.driver_ok()
+    fresh.add_chain([(0x20000, 16, True)])
+    fresh.publish()
+    guest.notify()
+    wait_for(lambda: fresh.used_idx == 1, "the used ring after the reset")
+
+
+@pytest.mark.parametrize(
+    ("rings", "size"),
+    [
+        (Rings(0x1001, 0x2000, 0x3000), QUEUE_SIZE),  # a misaligned descriptor table
+        (Rings(0x1000, 0x2000, 0x7FFF_0000), QUEUE_SIZE),  # the used ring outside RAM
+        (RINGS, 100),  # no power of 2
+    ],
+)
+def test_rings_the_engine_refuses_ask_for_a_reset(guest: Guest, rings: Rings, size: int) -> None:
+    guest.negotiate(VERSION_1)
+    guest.set_up_queue(rings, size)
+    guest.driver_ok()
+    assert guest.read(Reg.STATUS) & Status.DEVICE_NEEDS_RESET
+    assert interrupted(guest)
+    assert guest.read(Reg.INTERRUPT_STATUS) & lib.VMRUN_VIRTIO_INT_CONFIG
+
+
+def test_driver_ok_without_the_queue_asks_for_a_reset(guest: Guest) -> None:
+    guest.negotiate(VERSION_1)
+    guest.driver_ok()
+    assert guest.read(Reg.STATUS) & Status.DEVICE_NEEDS_RESET
+
+
+def test_a_live_queue_keeps_its_rings(guest: Guest, memory: GuestMemory) -> None:
+    driver = Driver(memory, QUEUE_SIZE, RINGS, Heap([(0x10000, 0x40000)]))
+    guest.negotiate(VERSION_1)
+    guest.set_up_queue(RINGS)
+    guest.driver_ok()
+    guest.write(Reg.QUEUE_DESC_LOW, 0x30000)  # ignored: the queue is ready
+    guest.write(Reg.QUEUE_NUM, 8)
+    driver.add_chain([(0x20000, 16, True)])
+    driver.publish()
+    guest.notify()
+    wait_for(lambda: driver.used_idx == 1, "the used ring")
+
+
+def test_closing_stops_the_worker_before_memory_goes(memory: GuestMemory) -> None:
+    vm = FakeVm()
+    irq = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    line = InterruptLine(irq, lambda: None)
+    transport = MmioTransport(VirtioRng(), memory, vm, BASE, line)  # type: ignore[arg-type]
+    guest = Guest(transport, vm, line)
+    guest.negotiate(VERSION_1)
+    guest.set_up_queue(RINGS)
+    guest.driver_ok()
+    transport.close()
+    assert transport.backend.served() == 0  # no worker left
+    os.close(irq)
+
+
+def test_a_relayed_line_raises_one_edge_per_signal() -> None:
+    edges: list[int] = []
+    line = InterruptLine.relayed(lambda: edges.append(1), "test")
+    try:
+        status = ffi.new("uint32_t *")
+        lib.vmrun_virtio_interrupt_raise(status, lib.VMRUN_VIRTIO_INT_USED, line.fd)
+        wait_for(lambda: edges == [1], "the edge")
+    finally:
+        line.close()
