@@ -20,7 +20,7 @@ import attrs
 
 from runner import timings
 from runner.builder import Machine
-from runner.kvm.native import ExitReason, IoDirection, KvmError, SystemEventType
+from runner.kvm.native import ExitReason, IoDirection, KvmError, SystemEventType, ffi
 from runner.kvm.vcpu import Vcpu
 
 VMM_FAILURE = 125
@@ -55,6 +55,14 @@ class Vmm:
         self._lock = threading.Lock()
         self._ending: Ending | None = None
         self._threads: list[threading.Thread] = []
+        # The virtio devices' InterruptStatus and InterruptACK, answered by the vCPU threads
+        # in C (the table lives as long as this Vmm).
+        registers = [transport.fast_register for transport in machine.virtio]
+        table = ffi.new("struct vmrun_fast_mmio[]", max(1, len(registers)))
+        for entry, (address, status) in zip(table, registers, strict=False):
+            entry.status_addr = address
+            entry.status = status
+        self._fast_mmio = (table, len(registers))
 
     def end(self, ending: Ending) -> None:
         """The first ending wins; every vCPU is kicked out of KVM_RUN."""
@@ -114,7 +122,7 @@ class Vmm:
 
     def _handle(self, vcpu: Vcpu) -> Ending | None:
         machine = self.machine
-        exit_ = vcpu.run()
+        exit_ = vcpu.run(self._fast_mmio)
         reason = exit_.reason
         if reason is ExitReason.IO:
             io = exit_.io

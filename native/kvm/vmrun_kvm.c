@@ -14,11 +14,12 @@
 #include "vmrun_kvm.h"
 
 #include <errno.h>
+#include <string.h>
 #include <sys/ioctl.h>
 
 #include <linux/kvm.h>
 
-const char vmrun_kvm_version[] = "vmrun-kvm 3";
+const char vmrun_kvm_version[] = "vmrun-kvm 4";
 
 int vmrun_kvm_ioctl(int fd, unsigned long request, void *arg)
 {
@@ -58,6 +59,42 @@ int vmrun_kvm_run(int vcpu_fd)
 {
     int ret = ioctl(vcpu_fd, KVM_RUN, 0);
     return ret < 0 ? -errno : ret;
+}
+
+/* The one fast register this exit is for, answered; 0 when it is none of them. */
+static int answer_fast(struct kvm_run *run, const struct vmrun_fast_mmio *table, size_t count)
+{
+    if (run->exit_reason != KVM_EXIT_MMIO || run->mmio.len != 4)
+        return 0;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t addr = run->mmio.phys_addr;
+        if (!run->mmio.is_write && addr == table[i].status_addr) {
+            uint32_t value = __atomic_load_n(table[i].status, __ATOMIC_SEQ_CST);
+            memcpy(run->mmio.data, &value, 4);
+            return 1;
+        }
+        if (run->mmio.is_write && addr == table[i].status_addr + 4) {
+            uint32_t bits;
+            memcpy(&bits, run->mmio.data, 4);
+            __atomic_fetch_and(table[i].status, ~bits, __ATOMIC_SEQ_CST);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int vmrun_kvm_run_fast(int vcpu_fd, struct kvm_run *run, const struct vmrun_fast_mmio *table,
+                       size_t count)
+{
+    for (;;) {
+        /* immediate_exit, set by the VMM to stop this thread, makes this return -EINTR: the
+         * loop never outlives a stop. */
+        int ret = ioctl(vcpu_fd, KVM_RUN, 0);
+        if (ret < 0)
+            return -errno;
+        if (!answer_fast(run, table, count))
+            return ret;
+    }
 }
 
 void *vmrun_guest_ptr(const struct vmrun_guest_region *regions, size_t count, uint64_t gpa,

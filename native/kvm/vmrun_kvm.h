@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <linux/kvm.h>
+
 /* Compared by runner/kvm/native.py with the version it was written for; bump both when a
  * declaration here changes meaning. The value lives in vmrun_kvm.c. */
 extern const char vmrun_kvm_version[];
@@ -39,6 +41,22 @@ int vmrun_kvm_ioctl_val(int fd, unsigned long request, unsigned long value);
  * struct kvm_run), or -errno. -EINTR means a signal is pending or immediate_exit was set; see
  * the comment on the definition. */
 int vmrun_kvm_run(int vcpu_fd);
+
+/* A register that a vCPU thread answers itself, without returning to Python: a virtio-mmio
+ * device's InterruptStatus (a read at `status_addr`) and InterruptACK (a write at
+ * `status_addr + 4`), both 32-bit, on the transport's shared word `status` (set by the
+ * device's workers; see native/virtio/virtqueue.h). Owned by runner/vmm.py for the run. */
+struct vmrun_fast_mmio {
+    uint64_t status_addr;
+    uint32_t *status;
+};
+
+/* KVM_RUN as vmrun_kvm_run, but an MMIO exit for a register of `table[0..count)` is answered
+ * here and the vCPU run again, so the guest's interrupt handler never waits for the GIL.
+ * `run` is the vCPU's mmap'd struct kvm_run. Every other exit, and every failure, returns
+ * as from vmrun_kvm_run. */
+int vmrun_kvm_run_fast(int vcpu_fd, struct kvm_run *run, const struct vmrun_fast_mmio *table,
+                       size_t count);
 
 /* One region of guest RAM: guest physical [guest_addr, guest_addr + size) is at host
  * [host, host + size). The table is owned by runner/kvm/memory.py (GuestMemory). */

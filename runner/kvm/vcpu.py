@@ -204,9 +204,11 @@ class Vcpu:
 
     # ---- running ---------------------------------------------------------------------------
 
-    def run(self) -> VcpuExit:
+    def run(self, fast_mmio: tuple[Cdata, int] | None = None) -> VcpuExit:
         """KVM_RUN until the vCPU exits to user space. An interrupted run (signal, or
-        immediate_exit) gives ExitReason.INTR; other failures raise KvmError."""
+        immediate_exit) gives ExitReason.INTR; other failures raise KvmError. `fast_mmio`
+        (a `struct vmrun_fast_mmio[]` and its length) are registers answered in C, which
+        never come back here."""
         with self._state:
             if self._fd < 0:
                 raise KvmError("KVM_RUN", errno.EBADF, "the vCPU is closed")
@@ -215,7 +217,10 @@ class Vcpu:
             self._serial += 1
             self._running = True
         try:
-            result = lib.vmrun_kvm_run(self._fd)
+            if fast_mmio is None:
+                result = lib.vmrun_kvm_run(self._fd)
+            else:
+                result = lib.vmrun_kvm_run_fast(self._fd, self._run, *fast_mmio)
         finally:
             with self._state:
                 self._running = False

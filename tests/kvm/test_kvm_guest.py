@@ -26,7 +26,7 @@ from runner.kvm import (
     VcpuExit,
     Vm,
 )
-from runner.kvm.native import lib
+from runner.kvm.native import ffi, lib
 
 # 16-bit real-mode instructions
 MOV_AL = b"\xb0"  # mov al, imm8
@@ -440,3 +440,32 @@ def test_closing_the_vm_closes_its_vcpus(kvm: Kvm) -> None:
         assert info.value.errno == errno.EBADF
         with pytest.raises(KvmError):
             vcpus[0].immediate_exit = True
+
+
+def test_fast_registers_are_answered_without_an_exit(make_guest) -> None:
+    # A virtio-mmio InterruptStatus at 0x8060 and its InterruptACK at 0x8064, answered in C
+    # by vmrun_kvm_run_fast: the guest reads 3, acknowledges bit 0, reads 2, and Python sees
+    # only its port writes; an MMIO access elsewhere still exits.
+    read_status = b"\x66\xa1" + (MMIO_ADDR + 0x60).to_bytes(2, "little")  # mov eax, [moffs]
+    ack_bit_0 = (
+        b"\x66\xc7\x06" + (MMIO_ADDR + 0x64).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    )
+    out_eax = b"\x66\xe7"  # out imm8, eax
+    code = (
+        read_status + out_eax + b"\x11" + ack_bit_0 + read_status + out_eax + b"\x12"
+        + mov_byte_to(MMIO_ADDR, 0x37) + HLT
+    )  # fmt: skip
+    guest = make_guest(code)
+    status = ffi.new("uint32_t *", 3)
+    table = ffi.new("struct vmrun_fast_mmio[]", 1)
+    table[0].status_addr = MMIO_ADDR + 0x60
+    table[0].status = status
+    fast = (table, 1)
+    exit_ = guest.vcpu.run(fast)
+    assert (exit_.reason, exit_.io.port, exit_.io.data) == (ExitReason.IO, 0x11, b"\x03\0\0\0")
+    exit_ = guest.vcpu.run(fast)
+    assert (exit_.reason, exit_.io.port, exit_.io.data) == (ExitReason.IO, 0x12, b"\x02\0\0\0")
+    assert status[0] == 2
+    exit_ = guest.vcpu.run(fast)
+    assert exit_.reason is ExitReason.MMIO and exit_.mmio.address == MMIO_ADDR
+    assert guest.vcpu.run(fast).reason is ExitReason.HLT

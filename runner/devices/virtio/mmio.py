@@ -7,7 +7,8 @@ signals itself (an ioeventfd on QueueNotify, with the queue's index as datamatch
 data path never passes here: the device's native worker waits on that eventfd, uses the
 queue engine (runner/virtio/queue.py, native/virtio/virtqueue.c) and raises the interrupt
 through the device's InterruptLine. InterruptStatus is one 32-bit word shared with the
-workers, read and acknowledged with atomic operations.
+workers, read and acknowledged with atomic operations; the vCPU threads answer those two
+registers in C (`fast_register`, runner/vmm.py), so only the control registers come here.
 
 A queue the guest set up wrongly (rings outside RAM, a size that is no power of 2), or that
 a worker found broken, makes the device report DEVICE_NEEDS_RESET in its status, with a
@@ -114,6 +115,7 @@ class MmioTransport:
         self._backend = backend
         self._memory = memory
         self._line = line
+        self._base = base
         self._lock = threading.Lock()  # vCPUs exit here concurrently
         self._interrupt_status = ffi.new("uint32_t *")
         self._notify_fds: list[int] = []
@@ -123,6 +125,12 @@ class MmioTransport:
             vm.ioeventfd(fd, base + Reg.QUEUE_NOTIFY, 4, pio=False, datamatch=index)
         self._device_features = TRANSPORT_FEATURES | backend.features
         self._reset_registers()
+
+    @property
+    def fast_register(self) -> tuple[int, Cdata]:
+        """InterruptStatus's guest address and the shared word behind it: the vCPU threads
+        answer it, and InterruptACK after it, in C (runner/vmm.py)."""
+        return self._base + Reg.INTERRUPT_STATUS, self._interrupt_status
 
     @property
     def backend(self) -> VirtioBackend:
