@@ -34,12 +34,12 @@ from runner.arch.x86_64 import (
 from runner.boot import bzimage, cmdline, krunfw
 from runner.boot.loader import KernelImageError, LoadedKernel, load_kernel
 from runner.config.model import VmResources
-from runner.devices.bus import IoBus, MmioBus
+from runner.config.slots import VirtioSlot, virtio_slots
+from runner.devices.bus import IoBus
 from runner.devices.ioapic import MMIO_SIZE as IOAPIC_MMIO_SIZE
 from runner.devices.ioapic import IoApic
 from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, serial_input
 from runner.devices.legacy.serial_output import SerialOutput, open_output_file
-from runner.devices.slots import VirtioSlot, virtio_slots
 from runner.devices.virtio.interrupt import InterruptLine
 from runner.devices.virtio.mmio import MmioTransport, VirtioBackend
 from runner.devices.virtio.rng import VirtioRng
@@ -51,8 +51,8 @@ from runner.host_files import open_regular
 from runner.kvm.memory import GuestMemory
 from runner.kvm.native import Cap
 from runner.kvm.system import Kvm
-from runner.kvm.vcpu import Vcpu
 from runner.kvm.vm import Vm
+from runner.machine import REBOOT, Ending, Machine
 
 # Intel VMX needs three pages for real mode's TSS and one for its identity map, outside RAM
 # and MMIO: just below the 4 GiB line's firmware area, as Firecracker places them.
@@ -65,34 +65,6 @@ KERNEL_CHUNK = 2 * layout.MIB
 
 class BuildError(VmrunError):
     """The machine cannot be built; the message says what and why."""
-
-
-@attrs.define
-class Machine:
-    """A built VM, ready to run: owns its fds through `resources` (closed by `close`)."""
-
-    vm: Vm
-    memory: GuestMemory
-    vcpus: list[Vcpu]
-    io_bus: IoBus
-    exit_port: list[int]  # the status the init reported, once
-    events: list[str]  # what ended the VM, from devices (reset)
-    debug: guest_ports.DebugPort
-    serials: list[serial.Serial8250]
-    resources: ExitStack
-    mmio_bus: MmioBus = attrs.Factory(MmioBus)
-    ioapic: IoApic | None = None  # the user-space I/O APIC of a split irqchip
-    outputs: list[SerialOutput] = attrs.Factory(list)  # the consoles' output writers
-    virtio: list[MmioTransport] = attrs.Factory(list)  # in slot order
-
-    def close(self, drain: bool = True) -> None:
-        """Tear down; with `drain`, after the consoles' buffered output is written."""
-        if not drain:
-            for output in self.outputs:
-                output.abandon()
-        for uart in self.serials:
-            uart.flush()
-        self.resources.close()
 
 
 def workload_argv(resources: VmResources, given: Sequence[str] | None) -> list[str]:
@@ -164,9 +136,8 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
                 for index in range(vcpu_count)
             ]
         machine = Machine(
-            vm, memory, vcpus, IoBus(), [], [], guest_ports.DebugPort(timings.mark), [],
-            stack.pop_all(),
-        )  # fmt: skip
+            vm, memory, vcpus, IoBus(), guest_ports.DebugPort(timings.mark), [], stack.pop_all()
+        )
         if split_irqchip:  # the I/O APIC's id is the one the MADT gives it
             machine.ioapic = IoApic(vm, apic_id=vcpu_count)
     try:
@@ -323,9 +294,7 @@ def _attach_devices(machine: Machine, resources: VmResources) -> None:
         machine.serials.append(uart)
         bus.insert(base, serial.PORT_COUNT, uart)
         _connect_input(port.input, uart, f"ttyS{index}", machine.resources)
-    bus.insert(
-        i8042.DATA_PORT, i8042.PORT_SPAN, i8042.I8042(lambda: machine.events.append("reset"))
-    )
+    bus.insert(i8042.DATA_PORT, i8042.PORT_SPAN, i8042.I8042(lambda: machine.end(REBOOT)))
     mem = resources.machine.mem_size_mib * layout.MIB
     below = min(mem, layout.MMIO_GAP_START)
     bus.insert(0x70, 2, cmos.Cmos(below, mem - below))
@@ -333,13 +302,20 @@ def _attach_devices(machine: Machine, resources: VmResources) -> None:
     bus.insert(
         guest_ports.EXIT_PORT,
         guest_ports.EXIT_PORT_WIDTH,
-        guest_ports.ExitPort(machine.exit_port.append),
+        guest_ports.ExitPort(lambda status: machine.end(Ending(status))),
     )
     bus.insert(guest_ports.DEBUG_PORT, 1, machine.debug)
     for slot in virtio_slots(resources):
-        # Every other kind is refused before the build (runner/unsupported.py).
-        if slot.kind == "rng":
-            _attach_virtio(machine, slot, VirtioRng())
+        make = VIRTIO_BACKENDS.get(slot.kind.name)
+        if make is None:  # refused before the build (runner/unsupported.py)
+            raise BuildError(f"{slot.kind.what} is not built yet")
+        _attach_virtio(machine, slot, make(slot))
+
+
+# The built device kinds (State.BUILT in runner/config/slots.py): each slot's backend.
+VIRTIO_BACKENDS: dict[str, Callable[[VirtioSlot], VirtioBackend]] = {
+    "rng": lambda _slot: VirtioRng(),
+}
 
 
 def _attach_virtio(machine: Machine, slot: VirtioSlot, backend: VirtioBackend) -> None:
@@ -347,7 +323,7 @@ def _attach_virtio(machine: Machine, slot: VirtioSlot, backend: VirtioBackend) -
     (workers joined) before the VM and guest memory are."""
     if machine.ioapic is not None:
         raise_edge = functools.partial(machine.ioapic.raise_edge, slot.irq)
-        line = InterruptLine.relayed(raise_edge, f"{slot.kind}{slot.index}")
+        line = InterruptLine.relayed(machine.watch, raise_edge)
     else:
         line = InterruptLine.irqfd(machine.vm, slot.irq)
     try:

@@ -14,6 +14,7 @@ from runner.boot.krunfw import KrunfwError, check_library
 from runner.config.checks import memory_fits_kernel_image
 from runner.config.model import InitramfsRoot, VmResources
 from runner.config.problems import Problem
+from runner.config.slots import State, virtio_slots
 
 
 def refusals(resources: VmResources) -> list[Problem]:
@@ -21,25 +22,44 @@ def refusals(resources: VmResources) -> list[Problem]:
     a guest too small for what its kernel's header says it needs (validation reads no file
     that the VM file names, so only `vmrun run` can tell)."""
     return (
-        unsupported_features(resources)
+        device_refusals(resources)
+        + unsupported_features(resources)
         + not_built_yet(resources)
         + list(memory_fits_kernel_image(resources))
     )
 
 
+def device_refusals(resources: VmResources) -> list[Problem]:
+    """The virtio devices this build does not run, from the table of device kinds: once per
+    kind at its section, or at each device where the kind says so."""
+    problems: list[Problem] = []
+    for slot in virtio_slots(resources):
+        kind = slot.kind
+        if kind.state is State.BUILT:
+            continue
+        if slot.where == IMPLICIT_CONSOLE:  # the one implicit device not built yet
+            problem = Problem(slot.where, IMPLICIT_CONSOLE_REFUSAL)
+        elif kind.per_device:
+            problem = Problem(slot.where, kind.message)
+        else:
+            problem = Problem(kind.refusal_path, kind.message)
+        if problem not in problems:
+            problems.append(problem)
+    return problems
+
+
+IMPLICIT_CONSOLE = ("disable_implicit_console",)
+
+
+IMPLICIT_CONSOLE_REFUSAL = (
+    "the implicit virtio console is not built yet: set disable_implicit_console = true and "
+    "add a serial console"
+)
+
+
 def unsupported_features(resources: VmResources) -> list[Problem]:
     """What this build or this host cannot run at all."""
     problems = []
-    if resources.gpu:
-        problems.append(
-            Problem(("gpu",), "virtio-gpu is not supported by this vmrun build (no virglrenderer)")
-        )
-    if resources.snd_device:
-        problems.append(Problem(("snd_device",), "virtio-snd is not supported by this vmrun build"))
-    for index in range(len(resources.input_backends)):
-        problems.append(
-            Problem(("input_backends", index), "virtio-input is not supported by this vmrun build")
-        )
     if resources.vsock and resources.vsock.tsi:
         problems.append(
             Problem(
@@ -85,23 +105,6 @@ def _library_problem(library: str) -> str | None:
 def not_built_yet(resources: VmResources) -> list[Problem]:
     """What this build cannot run yet, located in the file."""
     problems = []
-    unbuilt = {
-        "fs": "virtio-fs", "block": "virtio-blk", "net": "virtio-net",
-        "virtio_consoles": "virtio consoles",
-    }  # fmt: skip
-    for section, what in unbuilt.items():
-        if getattr(resources, section):
-            problems.append(Problem((section,), f"{what} is not built yet"))
-    if resources.vsock:
-        problems.append(Problem(("vsock",), "virtio-vsock is not built yet"))
-    if not resources.disable_implicit_console:
-        problems.append(
-            Problem(
-                ("disable_implicit_console",),
-                "the implicit virtio console is not built yet: set disable_implicit_console "
-                "= true and add a serial console",
-            )
-        )
     if not isinstance(resources.root, InitramfsRoot):
         problems.append(Problem(("root",), "only the initramfs root is built yet"))
     if resources.console_output:

@@ -16,30 +16,12 @@ from __future__ import annotations
 import signal
 import threading
 
-import attrs
-
 from runner import timings
-from runner.builder import Machine
 from runner.kvm.native import ExitReason, IoDirection, KvmError, SystemEventType, ffi
 from runner.kvm.vcpu import Vcpu
+from runner.machine import CRASH, POWER_OFF, REBOOT, VMM_FAILURE, Ending, Machine
 
-VMM_FAILURE = 125
 KICK_SIGNAL = signal.SIGUSR1
-
-
-@attrs.frozen
-class Ending:
-    """How the VM ended: vmrun's exit status and, when it is not the workload's, why."""
-
-    status: int
-    reason: str = ""
-    stopped: bool = False  # by SIGINT or SIGTERM: what the console still buffers is dropped
-
-
-# What ends a VM, and the status vmrun exits with (see docs/architecture.md).
-REBOOT = Ending(VMM_FAILURE, "the guest rebooted (a kernel panic reboots, with panic=-1)")
-POWER_OFF = Ending(VMM_FAILURE, "the guest powered off without reporting a status")
-CRASH = Ending(VMM_FAILURE, "the guest crashed (KVM system event)")
 
 
 def triple_fault(vcpu_id: int) -> Ending:
@@ -51,9 +33,6 @@ def triple_fault(vcpu_id: int) -> Ending:
 class Vmm:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._ending: Ending | None = None
         self._threads: list[threading.Thread] = []
         # The virtio devices' InterruptStatus and InterruptACK, answered by the vCPU threads
         # in C (the table lives as long as this Vmm).
@@ -65,11 +44,10 @@ class Vmm:
         self._fast_mmio = (table, len(registers))
 
     def end(self, ending: Ending) -> None:
-        """The first ending wins; every vCPU is kicked out of KVM_RUN."""
-        with self._lock:
-            if self._ending is None:
-                self._ending = ending
-        self._done.set()
+        """The first ending wins (Machine.end); every vCPU is kicked out of KVM_RUN."""
+        self.machine.end(ending)
+
+    def _kick(self) -> None:
         for vcpu, thread in zip(self.machine.vcpus, self._threads, strict=False):
             try:
                 vcpu.immediate_exit = True
@@ -90,11 +68,11 @@ class Vmm:
                 threading.Thread(target=self._vcpu_loop, args=(vcpu,), name=f"vcpu{vcpu.id}")
                 for vcpu in self.machine.vcpus
             ]
+            self.machine.when_ended(self._kick)
             for thread in self._threads:
                 thread.start()
             timings.mark("kernel entered (vCPUs running)")
-            while not self._done.wait(0.5):
-                pass
+            self.machine.serve_until_ended()
         finally:
             self.end(Ending(VMM_FAILURE, "vmrun stopped"))
             for thread in self._threads:
@@ -103,15 +81,16 @@ class Vmm:
                     thread.join(0.05)
             for number, handler in previous.items():
                 signal.signal(number, handler)
-        assert self._ending is not None
-        return self._ending
+        ending = self.machine.ending
+        assert ending is not None
+        return ending
 
     def _on_signal(self, number: int, _frame: object) -> None:
         self.end(Ending(128 + number, f"stopped by {signal.Signals(number).name}", stopped=True))
 
     def _vcpu_loop(self, vcpu: Vcpu) -> None:
         try:
-            while not self._done.is_set():
+            while not self.machine.ended:
                 ending = self._handle(vcpu)
                 if ending is not None:
                     self.end(ending)
@@ -136,11 +115,7 @@ class Vmm:
                     for _ in range(io.count)
                 )
                 exit_.complete_io_in(values)
-            if machine.exit_port:
-                return Ending(machine.exit_port[0])
-            if machine.events:
-                return REBOOT
-            return None
+            return None  # the exit port and the i8042's reset end the VM themselves
         if reason is ExitReason.MMIO:
             mmio = exit_.mmio
             size = len(mmio.data)

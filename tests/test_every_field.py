@@ -288,7 +288,10 @@ def test_every_field_is_used_or_refused(
 
 
 def _without(section: Any, path: KeyPath) -> Any:
-    """`section` with the field at `path` back at its default (a list item: the whole list)."""
+    """`section` with the field at `path` back at its default (a list item: the whole list);
+    for the refused implicit console, the device is left out instead (its field set)."""
+    if path == ("disable_implicit_console",):
+        return attrs.evolve(section, disable_implicit_console=True)
     name = str(path[0])
     if len(path) == 1 or not attrs.has(type(getattr(section, name))):
         return attrs.evolve(section, **{name: _default(attrs.fields_dict(type(section))[name])})

@@ -6,7 +6,7 @@ import unicodedata
 
 from runner.arch.x86_64 import layout
 from runner.config.model import VmResources
-from runner.devices.slots import virtio_slots
+from runner.config.slots import virtio_slots
 from runner.errors import VmrunError
 
 # reboot=k: a guest reboot goes through the i8042 reset line, which ends the VM.

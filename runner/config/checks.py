@@ -22,7 +22,7 @@ from runner.config.devices import (
 from runner.config.host_resources import exclusive_host_resources
 from runner.config.model import BlockRoot, FsRoot, VmResources
 from runner.config.problems import KeyPath, Problem, format_key_path
-from runner.devices.slots import virtio_slots
+from runner.config.slots import virtio_slots
 
 Rule = Callable[[VmResources], Iterable[Problem]]
 
@@ -206,7 +206,7 @@ def root_references(r: VmResources) -> Iterator[Problem]:
 def interrupt_budget(r: VmResources) -> Iterator[Problem]:
     slots = virtio_slots(r)
     if len(slots) > layout.VIRTIO_IRQ_COUNT:
-        counts = collections.Counter(slot.kind for slot in slots)
+        counts = collections.Counter(slot.kind.name for slot in slots)
         listed = ", ".join(f"{n} {kind}" for kind, n in counts.items())
         yield Problem(
             (),

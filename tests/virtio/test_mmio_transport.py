@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from driver import Driver, Heap, Rings
@@ -247,12 +247,19 @@ def test_closing_stops_the_worker_before_memory_goes(memory: GuestMemory) -> Non
     os.close(irq)
 
 
-def test_a_relayed_line_raises_one_edge_per_signal() -> None:
+def test_a_relayed_line_raises_one_edge_per_wake_up() -> None:
+    # With a split irqchip, the main thread's event loop reads the line's eventfd (however
+    # many writes it holds) and raises one edge on vmrun's I/O APIC.
+    watched: dict[int, Callable[[], None]] = {}
     edges: list[int] = []
-    line = InterruptLine.relayed(lambda: edges.append(1), "test")
+    line = InterruptLine.relayed(watched.__setitem__, lambda: edges.append(1))
     try:
+        (relay,) = watched.values()
         status = ffi.new("uint32_t *")
         lib.vmrun_virtio_interrupt_raise(status, lib.VMRUN_VIRTIO_INT_USED, line.fd)
-        wait_for(lambda: edges == [1], "the edge")
+        lib.vmrun_virtio_interrupt_raise(status, lib.VMRUN_VIRTIO_INT_USED, line.fd)
+        relay()
+        relay()  # nothing more to read: no edge
+        assert edges == [1] and status[0] == lib.VMRUN_VIRTIO_INT_USED
     finally:
         line.close()

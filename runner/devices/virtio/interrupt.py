@@ -4,8 +4,8 @@ that into an interrupt of the guest.
 - With KVM's in-kernel irqchip, the eventfd is an irqfd on the device's GSI: a write is an
   edge on that I/O APIC pin, and no vmrun thread is involved.
 - With a split irqchip, the I/O APIC is vmrun's own (runner/devices/ioapic.py) and KVM's GSI
-  routing belongs to it, so no irqfd is added beside it: a thread of the line waits on the
-  eventfd and raises the edge on the user-space I/O APIC.
+  routing belongs to it, so no irqfd is added beside it: the main thread's event loop
+  (Machine.watch) reads the eventfd and raises the edge on the user-space I/O APIC.
 
 Either way the device side is the same: write 1 to `fd` (vmrun_virtio_interrupt_raise).
 """
@@ -13,8 +13,6 @@ Either way the device side is the same: write 1 to `fd` (vmrun_virtio_interrupt_
 from __future__ import annotations
 
 import os
-import select
-import threading
 from collections.abc import Callable
 
 from runner.kvm.vm import Vm
@@ -43,32 +41,23 @@ class InterruptLine:
         return cls(fd, stop)
 
     @classmethod
-    def relayed(cls, raise_edge: Callable[[], None], name: str) -> InterruptLine:
-        """Edges raised by `raise_edge` from a thread of this line, for each write."""
+    def relayed(
+        cls, watch: Callable[[int, Callable[[], None]], None], raise_edge: Callable[[], None]
+    ) -> InterruptLine:
+        """Edges raised by `raise_edge`, one per wake-up of the eventfd, from the main thread's
+        event loop (`watch` is Machine.watch)."""
         fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
 
         def relay() -> None:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            poller.register(stop_fd, select.POLLIN)
-            while True:
-                ready = {got for got, _ in poller.poll()}
-                if stop_fd in ready:
-                    return
-                try:
-                    os.eventfd_read(fd)
-                except BlockingIOError:
-                    continue
-                raise_edge()
+            try:
+                os.eventfd_read(fd)
+            except BlockingIOError:
+                return
+            raise_edge()
 
-        thread = threading.Thread(target=relay, name=f"irq-{name}", daemon=True)
-        thread.start()
+        watch(fd, relay)
 
         def stop() -> None:
-            os.eventfd_write(stop_fd, 1)
-            thread.join()
-            os.close(stop_fd)
             os.close(fd)
 
         return cls(fd, stop)
