@@ -113,9 +113,18 @@ struct vmrun_rng *vmrun_rng_start(struct vmrun_virtq *q, int notify_fd, int irq_
      * worker starts with all of them blocked. */
     sigset_t all, previous;
     sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &previous);
-    int error = pthread_create(&rng->thread, NULL, run, rng);
-    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    /* A small stack of its own: the worker needs a few KiB, and glibc's default (8 MiB, the
+     * first touch of which may be a 2 MiB huge page) would weigh in the VMM's memory. */
+    pthread_attr_t attr;
+    int error = pthread_attr_init(&attr);
+    if (!error)
+        error = pthread_attr_setstacksize(&attr, VMRUN_WORKER_STACK);
+    if (!error) {
+        pthread_sigmask(SIG_SETMASK, &all, &previous);
+        error = pthread_create(&rng->thread, &attr, run, rng);
+        pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    }
+    pthread_attr_destroy(&attr);
     if (error) {
         close(rng->stop_fd);
         free(rng);

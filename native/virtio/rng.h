@@ -19,6 +19,8 @@ enum {
     /* At most this many bytes of randomness per chain: a guest asking for gigabytes gets
      * what it asked for in pieces, and the worker stays responsive to its stop. */
     VMRUN_RNG_CHAIN_LIMIT = 65536,
+    /* A worker thread's stack. */
+    VMRUN_WORKER_STACK = 65536,
 };
 
 struct vmrun_rng;
