@@ -24,6 +24,10 @@ from runner.machine import CRASH, POWER_OFF, REBOOT, VMM_FAILURE, Ending, Machin
 KICK_SIGNAL = signal.SIGUSR1
 
 
+def _kicked(_signum: int, _frame: object) -> None:
+    """KICK_SIGNAL's handler: the signal's delivery is all the kick needs (KVM_RUN returns)."""
+
+
 def triple_fault(vcpu_id: int) -> Ending:
     # Only the vCPU: on AMD, KVM resets a vCPU's state after its shutdown intercept, so its
     # registers no longer say where it faulted.
@@ -58,8 +62,11 @@ class Vmm:
 
     def run(self) -> Ending:
         """Run until the guest ends, Ctrl-C or SIGTERM (128 + the signal's number)."""
+        # The kick's handler does nothing and stays installed after the run: a kick sent to
+        # a vCPU thread as it exits can be delivered after `run` has returned, and the
+        # default action would kill the process (a CI run died so).
+        signal.signal(KICK_SIGNAL, _kicked)
         previous = {
-            KICK_SIGNAL: signal.signal(KICK_SIGNAL, lambda *_: None),
             signal.SIGTERM: signal.signal(signal.SIGTERM, self._on_signal),
             signal.SIGINT: signal.signal(signal.SIGINT, self._on_signal),
         }

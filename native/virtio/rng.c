@@ -36,7 +36,9 @@ static uint32_t fill(const struct vmrun_virtq_chain *chain)
             size_t want = left;
             if (want > VMRUN_RNG_CHAIN_LIMIT - written)
                 want = VMRUN_RNG_CHAIN_LIMIT - written;
-            ssize_t got = getrandom(at, want, 0);
+            /* Never waiting for the host's pool (a host just booted may not have it ready):
+             * the worker must always answer its stop at once. */
+            ssize_t got = getrandom(at, want, GRND_NONBLOCK);
             if (got < 0) {
                 if (errno == EINTR)
                     continue;
