@@ -101,7 +101,8 @@ class Virtqueue:
         self._memory = memory  # kept: the engine's pointers are into it
         regions, count = memory.native_regions
         self._q = ffi.new("struct vmrun_virtq *")
-        self._q.size = size if 0 <= size <= 0xFFFF else 0
+        # Out of range: 0, which the engine refuses with its own error (VMRUN_VIRTQ_E_SIZE).
+        self._q.size = size if 0 <= size <= MAX_SIZE else 0
         self._q.desc_addr = desc
         self._q.avail_addr = avail
         self._q.used_addr = used
@@ -113,8 +114,6 @@ class Virtqueue:
         self._chain = ffi.new("struct vmrun_virtq_chain *")
         self._chain.iov = self._iov
         self._chain.capacity = max_segments
-        if size > MAX_SIZE:
-            self._q.size = 0  # the engine refuses it, with its own error
         error = lib.vmrun_virtq_setup(self._q, self._in_flight)
         if error:
             raise QueueBroken(error)

@@ -29,7 +29,7 @@ from runner.devices.virtio.interrupt import InterruptLine
 from runner.kvm.memory import GuestMemory
 from runner.kvm.native import Cdata, ffi, lib
 from runner.kvm.vm import Vm
-from runner.virtio.queue import Direction, Feature, QueueBroken, Virtqueue
+from runner.virtio.queue import Feature, QueueBroken, Virtqueue
 
 MAGIC = 0x74726976  # "virt"
 VERSION = 2
@@ -82,7 +82,6 @@ class VirtioBackend(Protocol):
     device_id: int
     features: int  # device-specific feature bits; the transport adds its own
     queue_sizes: tuple[int, ...]  # QueueNumMax of each queue
-    queue_directions: tuple[Direction, ...]  # what each queue's chains may hold
 
     def config(self) -> bytes: ...
 

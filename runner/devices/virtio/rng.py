@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from runner.kvm.native import Cdata, ffi, lib
-from runner.virtio.queue import Direction, Virtqueue
+from runner.virtio.queue import Virtqueue
 
 DEVICE_ID = 4
 QUEUE_SIZE = 256
@@ -19,7 +19,6 @@ class VirtioRng:
     device_id = DEVICE_ID
     features = 0
     queue_sizes = (QUEUE_SIZE,)
-    queue_directions = (Direction.WRITABLE,)
 
     def __init__(self) -> None:
         self._worker: Cdata | None = None
