@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attrs
 
-from runner import timings, vcpu_boot
+from runner import terminal, timings, vcpu_boot
 from runner.arch.x86_64 import (
     acpi,
     boot_params,
@@ -40,6 +40,8 @@ from runner.devices.ioapic import MMIO_SIZE as IOAPIC_MMIO_SIZE
 from runner.devices.ioapic import IoApic
 from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, serial_input
 from runner.devices.legacy.serial_output import SerialOutput, open_output_file
+from runner.devices.virtio import console_plan
+from runner.devices.virtio.console_endpoints import build_console
 from runner.devices.virtio.interrupt import InterruptLine
 from runner.devices.virtio.mmio import MmioTransport, VirtioBackend
 from runner.devices.virtio.rng import VirtioRng
@@ -77,6 +79,9 @@ def workload_argv(resources: VmResources, given: Sequence[str] | None) -> list[s
 
 def build(resources: VmResources, argv: Sequence[str]) -> Machine:
     """A machine for `resources` that runs `argv`; raises BuildError, naming the step."""
+    # Which ports the consoles have depends on which of vmrun's stdio are terminals: decided
+    # once, for the devices and for the init that puts the ports on the workload's fds.
+    consoles = console_plan.console_plans(resources, terminal.stdio_terminals())
     with ExitStack() as stack:
         mem_size = resources.machine.mem_size_mib * layout.MIB
         with _step("setting up guest memory"):
@@ -101,7 +106,8 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
         placed = tuple(attrs.evolve(segment, data=b"") for segment in kernel.segments)
         kernel = attrs.evolve(kernel, segments=placed)
         with _step("placing the initramfs"):
-            initrd = _place_initramfs(memory, resources, argv, kernel, mem_size)
+            stdio = console_plan.init_stdio(resources, consoles)
+            initrd = _place_initramfs(memory, resources, argv, stdio, kernel, mem_size)
         timings.mark("initramfs ready")
         with _step("writing the command line"):
             text = cmdline.compose(resources)
@@ -142,7 +148,7 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
             machine.ioapic = IoApic(vm, apic_id=vcpu_count)
     try:
         with _step("attaching the devices"):
-            _attach_devices(machine, resources)
+            _attach_devices(machine, resources, consoles)
     except BaseException:
         machine.close()
         raise
@@ -258,10 +264,17 @@ def _place_initramfs(
     memory: GuestMemory,
     resources: VmResources,
     argv: Sequence[str],
+    stdio: console_plan.InitStdio,
     kernel: LoadedKernel,
     mem_size: int,
 ) -> boot_params.Initrd:
-    parts = guest_initramfs_parts(resources, argv)
+    parts = guest_initramfs_parts(
+        resources,
+        argv,
+        console=stdio.console,
+        stdio_ports=stdio.stdio_ports,
+        virtio_ports=stdio.virtio_ports,
+    )
     size = sum(len(part) for part in parts)
     top = min(mem_size, layout.MMIO_GAP_START)
     address = (top - size) & ~(layout.KIB * 4 - 1)
@@ -281,7 +294,9 @@ def _place_initramfs(
     return boot_params.Initrd(address, size)
 
 
-def _attach_devices(machine: Machine, resources: VmResources) -> None:
+def _attach_devices(
+    machine: Machine, resources: VmResources, consoles: Sequence[console_plan.ConsolePlan]
+) -> None:
     bus = machine.io_bus
     if machine.ioapic is not None:
         machine.mmio_bus.insert(layout.IOAPIC_START, IOAPIC_MMIO_SIZE, machine.ioapic)
@@ -309,12 +324,26 @@ def _attach_devices(machine: Machine, resources: VmResources) -> None:
         make = VIRTIO_BACKENDS.get(slot.kind.name)
         if make is None:  # refused before the build (runner/unsupported.py)
             raise BuildError(f"{slot.kind.what} is not built yet")
-        _attach_virtio(machine, slot, make(slot))
+        _attach_virtio(machine, slot, make(machine, slot, consoles))
+
+
+def _console(
+    machine: Machine, slot: VirtioSlot, consoles: Sequence[console_plan.ConsolePlan]
+) -> VirtioBackend:
+    console = build_console(consoles[slot.index], machine.resources)
+    # At the end of a run (not at a stop by a signal), what the guest queued is written out
+    # before the device goes: the init reports the status right after the workload's last
+    # write returned, which was when the bytes were queued, not yet written.
+    machine.drains.append(console.drain)
+    return console
 
 
 # The built device kinds (State.BUILT in runner/config/slots.py): each slot's backend.
-VIRTIO_BACKENDS: dict[str, Callable[[VirtioSlot], VirtioBackend]] = {
-    "rng": lambda _slot: VirtioRng(),
+VIRTIO_BACKENDS: dict[
+    str, Callable[[Machine, VirtioSlot, Sequence[console_plan.ConsolePlan]], VirtioBackend]
+] = {
+    "console": _console,
+    "rng": lambda _machine, _slot, _consoles: VirtioRng(),
 }
 
 
@@ -361,7 +390,7 @@ def _connect_input(name: str, uart: serial.Serial8250, port: str, stack: ExitSta
         except OSError as exc:
             raise BuildError(f"{port}'s input is stdin, which is closed") from exc
         if os.isatty(fd):
-            stack.enter_context(serial_input.terminal_for_guest(fd))
+            stack.enter_context(terminal.raw_mode(fd))
     else:
         try:  # non-blocking: a FIFO without a writer yet must not hold the boot up
             fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -383,7 +412,7 @@ def _output(name: str, index: int, stack: ExitStack) -> SerialOutput | None:
     if name in ("stdout", "stderr"):
         stream = sys.stdout.buffer if name == "stdout" else sys.stderr.buffer
         what = f"vmrun's {name}"
-    elif port := output_ports.port_device(index):  # the vmrun outside writes the file
+    elif port := output_ports.port_device(key):  # the vmrun outside writes the file
         stream = stack.enter_context(open(port, "wb"))  # noqa: SIM115 (the stack closes it)
         what = name
     else:

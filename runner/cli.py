@@ -398,6 +398,7 @@ def emulated_host(
         timeout_s=timeout_s,
         writable=writable,
         hung_after_s=hung_after_s,
+        stdin="pass",  # the command's own: `... | vmrun emulated-host -- cat` reads it to its end
     )
     outcome = run_in_host(image, argv, settings, sys.stdout.buffer, sys.stderr.buffer)
     if outcome.message:

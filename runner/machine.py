@@ -65,6 +65,9 @@ class Machine:
     ioapic: IoApic | None = None  # the user-space I/O APIC of a split irqchip
     outputs: list[SerialOutput] = attrs.Factory(list)  # the consoles' output writers
     virtio: list[MmioTransport] = attrs.Factory(list)  # in slot order
+    # Run by `close(drain=True)` before the teardown: devices writing out what the guest
+    # queued (the virtio consoles).
+    drains: list[Callable[[], None]] = attrs.Factory(list)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _ending: Ending | None = attrs.field(default=None, init=False)
     _ended: threading.Event = attrs.field(factory=threading.Event, init=False)
@@ -133,6 +136,9 @@ class Machine:
         if not drain:
             for output in self.outputs:
                 output.abandon()
+        else:
+            for drain_device in self.drains:
+                drain_device()
         for uart in self.serials:
             uart.flush()
         self.resources.close()

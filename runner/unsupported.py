@@ -37,24 +37,13 @@ def device_refusals(resources: VmResources) -> list[Problem]:
         kind = slot.kind
         if kind.state is State.BUILT:
             continue
-        if slot.where == IMPLICIT_CONSOLE:  # the one implicit device not built yet
-            problem = Problem(slot.where, IMPLICIT_CONSOLE_REFUSAL)
-        elif kind.per_device:
+        if kind.per_device:
             problem = Problem(slot.where, kind.message)
         else:
             problem = Problem(kind.refusal_path, kind.message)
         if problem not in problems:
             problems.append(problem)
     return problems
-
-
-IMPLICIT_CONSOLE = ("disable_implicit_console",)
-
-
-IMPLICIT_CONSOLE_REFUSAL = (
-    "the implicit virtio console is not built yet: set disable_implicit_console = true and "
-    "add a serial console"
-)
 
 
 def unsupported_features(resources: VmResources) -> list[Problem]:
@@ -107,13 +96,6 @@ def not_built_yet(resources: VmResources) -> list[Problem]:
     problems = []
     if not isinstance(resources.root, InitramfsRoot):
         problems.append(Problem(("root",), "only the initramfs root is built yet"))
-    if resources.console_output:
-        problems.append(
-            Problem(
-                ("console_output",),
-                "console_output is the implicit virtio console's, which is not built yet",
-            )
-        )
     if resources.dhcp_client:
         problems.append(
             Problem(("dhcp_client",), "dhcp_client needs virtio-net, which is not built yet")

@@ -265,25 +265,3 @@ def test_unreadable_and_unknown_files(tmp_path: Path) -> None:
         "cannot read the file: No such file or directory",
         f"{tmp_path / 'vm.yaml'}:1:1: (document): a VM file ends in .toml or .json",
     ]
-
-
-@pytest.mark.parametrize("host", ["auto", "kvm", "emulated"])
-def test_the_readme_example_is_refused_before_anything_slow(tmp_path: Path, host: str) -> None:
-    # Its implicit virtio console is not built yet: every host mode says so at once, before
-    # any download, build or boot (an empty cache stays empty of packages and images).
-    readme = (ROOT / "README.md").read_text()
-    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
-    vm = tmp_path / "example.toml"
-    vm.write_text(example.replace("#:schema ../schemas/vmrun.schema.json\n", ""))
-    cache = tmp_path / "cache"
-    result = subprocess.run(
-        [sys.executable, "-m", "runner", "run", "--host", host, str(vm)],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "VMRUN_CACHE": str(cache)},
-    )  # fmt: skip
-    assert result.returncode == 125, result.stderr
-    assert "disable_implicit_console: the implicit virtio console is not built yet" in (
-        result.stderr
-    )
-    made = {p.name for p in cache.iterdir()} if cache.exists() else set()
-    assert made <= {"schema-clean"}, made  # no debs, unpacked packages, images

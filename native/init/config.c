@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -177,9 +178,29 @@ static int parse_env(struct parser *p, const char *value)
     return push_string(p, &cfg->env, &cfg->n_env, value);
 }
 
+/* `FD NAME`: FD one of 0, 1, 2 and NAME non-empty, each given once (a port opens only once:
+ * the guest's virtio_console driver refuses a second open with EBUSY). */
+static int parse_stdio_port(struct parser *p, const char *value)
+{
+    struct config *cfg = p->cfg;
+    if (value[0] < '0' || value[0] > '2' || value[1] != ' ')
+        return fail(p, "stdio-port wants FD NAME, FD 0, 1 or 2");
+    int fd = value[0] - '0';
+    const char *name = value + 2;
+    if (!*name)
+        return fail(p, "stdio-port %d: the port name is empty", fd);
+    if (cfg->stdio_ports[fd])
+        return fail(p, "stdio-port %d given twice", fd);
+    for (int other = 0; other < 3; other++)
+        if (cfg->stdio_ports[other] && strcmp(cfg->stdio_ports[other], name) == 0)
+            return fail(p, "stdio-port %d: port '%s' is already fd %d's", fd, name, other);
+    cfg->stdio_ports[fd] = name;
+    return 0;
+}
+
 enum single_key {
     KEY_HOSTNAME, KEY_WORKDIR, KEY_ROOT, KEY_ROOT_TAG, KEY_ROOT_DEVICE, KEY_ROOT_FSTYPE,
-    KEY_ROOT_OPTIONS, KEY_EXEC,
+    KEY_ROOT_OPTIONS, KEY_EXEC, KEY_CONSOLE, KEY_VIRTIO_PORTS,
 };
 
 static const char *const single_keys[] = {
@@ -187,6 +208,7 @@ static const char *const single_keys[] = {
     [KEY_ROOT] = "root",                [KEY_ROOT_TAG] = "root-tag",
     [KEY_ROOT_DEVICE] = "root-device",  [KEY_ROOT_FSTYPE] = "root-fstype",
     [KEY_ROOT_OPTIONS] = "root-options", [KEY_EXEC] = "exec",
+    [KEY_CONSOLE] = "console",          [KEY_VIRTIO_PORTS] = "virtio-ports",
 };
 
 static int parse_single(struct parser *p, enum single_key key, char *value)
@@ -202,6 +224,21 @@ static int parse_single(struct parser *p, enum single_key key, char *value)
     case KEY_ROOT_DEVICE: cfg->root_device = value; break;
     case KEY_ROOT_FSTYPE: cfg->root_fstype = value; break;
     case KEY_ROOT_OPTIONS: cfg->root_options = value; break;
+    case KEY_CONSOLE:
+        if (value[0] != '/')
+            return fail(p, "console wants an absolute path, not '%s'", value);
+        cfg->console = value;
+        break;
+    case KEY_VIRTIO_PORTS: {
+        unsigned total, named;
+        int end = 0;
+        if (sscanf(value, "%4u %4u%n", &total, &named, &end) != 2 || value[end] != '\0' ||
+            !isdigit((unsigned char)value[0]) || named > total)
+            return fail(p, "virtio-ports wants TOTAL NAMED, NAMED <= TOTAL, not '%s'", value);
+        cfg->vports_total = total;
+        cfg->vports_named = named;
+        break;
+    }
     case KEY_EXEC:
         if (!*value)
             return fail(p, "exec is empty");
@@ -245,6 +282,8 @@ static int parse_line(struct parser *p, char *line)
         return parse_env(p, value);
     if (strcmp(line, "rlimit") == 0)
         return parse_rlimit(p, value);
+    if (strcmp(line, "stdio-port") == 0)
+        return parse_stdio_port(p, value);
     if (strcmp(line, "arg") == 0) {
         /* argv[0] is exec's; an arg before the exec line keeps its place empty */
         if (!cfg->argc && push_string(p, &cfg->argv, &cfg->argc, NULL) < 0)

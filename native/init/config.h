@@ -30,6 +30,13 @@
  *       exec PATH               the workload's program (required); without `/`, looked up in
  *                               the workload's PATH
  *       arg* ARG                the workload's arguments after argv[0] (= exec), in order
+ *       console PATH            absolute path of the terminal the init takes for its stdio and
+ *                               the workload's session instead of /dev/console (e.g.
+ *                               /dev/hvc0); waited for after the modules are loaded
+ *       stdio-port* FD NAME     FD is 0, 1 or 2, each once; NAME non-empty, each once: the
+ *                               virtio port named NAME becomes the workload's FD
+ *       virtio-ports TOTAL NAMED  the VM's virtio console ports, all and named ones: the
+ *                               init waits for them before the workload starts
  *   - Unknown keys, a repeated single key, or a field a root kind does not use are errors.
  *
  * Ownership: config_parse() takes the file's bytes and returns a config whose strings all
@@ -71,6 +78,10 @@ struct config {
     const char *root_options;
     const char **argv; /* exec, then each arg; NULL-terminated */
     size_t argc;
+    const char *console;        /* NULL: the console the kernel gave (/dev/console) */
+    const char *stdio_ports[3]; /* the virtio port name for fds 0..2; NULL: none */
+    unsigned vports_total;      /* virtio-ports: ports of every virtio console, */
+    unsigned vports_named;      /* and how many of them have a name */
 };
 
 /* Parses `size` bytes of `text` (not NUL-terminated; not kept). On success fills `out` and

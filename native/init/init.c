@@ -1,26 +1,30 @@
 /* vmrun's guest init: PID 1 of the guest's initramfs.
  *
  * It mounts the basic file systems, brings up the loopback interface, reads /vmrun/config
- * (format: config.h, README.md), loads the kernel modules named there, mounts the root (the
- * initramfs itself, a virtio-fs share or a block device) and switches into it, sets the host
- * name, runs the workload as a child with its env, workdir and rlimits, reaps every zombie while
- * it waits, and reports the workload's exit status to the VMM through EXIT_PORT before powering
- * off (ports: ports.h).
+ * (format: config.h, README.md), loads the kernel modules named there, takes the configured
+ * console (by default /dev/console), mounts the root (the initramfs itself, a virtio-fs share
+ * or a block device) and switches into it, sets the host name, opens the virtio ports that the
+ * config makes the workload's stdio, runs the workload as a child with its env, workdir and
+ * rlimits, reaps every zombie while it waits, and reports the workload's exit status to the VMM
+ * through EXIT_PORT before powering off (ports: ports.h).
  *
  * Exit status, as libkrun: the workload's own (0..255); 128+N when a signal N killed it;
  * 127 when its program is not found (execve: ENOENT, ENOTDIR); 126 when it cannot be run
  * (any other execve error); 125 when the init fails before the workload runs (unreadable or
- * malformed config, root mount or switch failure, fork failure, rlimit or workdir failure).
+ * malformed config, console or stdio port missing, root mount or switch failure, fork failure,
+ * rlimit or workdir failure).
  *
  * Test mode (VMRUN_INIT_TEST=1 in the environment): `init CONFIG` skips everything that needs
- * a guest (mounts, module loading, root, host name, ports, power-off), reads CONFIG, says on
- * stderr which modules it would load with which parameters (from $VMRUN_INIT_TEST_CMDLINE
- * instead of /proc/cmdline), runs the workload the same way (env, workdir and rlimits applied),
- * prints `exit-status N` on stdout and exits 0.
+ * a guest (mounts, module loading, console, root, host name, I/O ports, power-off), reads CONFIG,
+ * says on stderr which modules it would load with which parameters (from
+ * $VMRUN_INIT_TEST_CMDLINE instead of /proc/cmdline), opens the stdio ports as in the guest but
+ * from $VMRUN_INIT_TEST_PORTS and $VMRUN_INIT_TEST_DEV, runs the workload the same way (env,
+ * workdir and rlimits applied), prints `exit-status N` on stdout and exits 0.
  * Without test mode the init refuses to run unless it is PID 1, so that running it on a host by
  * mistake never mounts anything nor powers the host off.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -57,7 +61,13 @@
 #define NEWROOT "/newroot"
 #define TEST_ENV "VMRUN_INIT_TEST"
 #define TEST_CMDLINE_ENV "VMRUN_INIT_TEST_CMDLINE" /* test mode: the command line */
+#define TEST_PORTS_ENV "VMRUN_INIT_TEST_PORTS"     /* test mode: instead of VPORTS_DIR */
+#define TEST_DEV_ENV "VMRUN_INIT_TEST_DEV"         /* test mode: the ports' nodes, not /dev */
+#define TEST_PORT_WAIT_ENV "VMRUN_INIT_TEST_PORT_WAIT_MS" /* test mode: not VPORT_WAIT_MS */
+#define VPORTS_DIR "/sys/class/virtio-ports"
 #define ROOT_WAIT_MS 2000      /* how long a root device may take to appear */
+#define CONSOLE_WAIT_MS 5000   /* how long the `console` may take to appear */
+#define VPORT_WAIT_MS 5000     /* how long the stdio ports may take to appear, all together */
 #define LEFTOVER_WAIT_MS 1000  /* how long killed leftover processes may take to die */
 
 #define EXIT_INIT_FAILED 125
@@ -70,6 +80,9 @@
 
 static bool test_mode;
 static bool ports_ok;
+/* Where say() writes: stderr, except in a workload's child whose stderr became a port (the
+ * init's messages stay on its console). */
+static int say_fd = STDERR_FILENO;
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -84,8 +97,21 @@ static void say(const char *fmt, ...)
     va_end(ap);
     size_t len = strlen(buf);
     buf[len++] = '\n';
-    while (write(STDERR_FILENO, buf, len) < 0 && errno == EINTR)
+    ssize_t written;
+    while ((written = write(say_fd, buf, len)) < 0 && errno == EINTR)
         ;
+    if (written < 0 && !test_mode) {
+        /* No console yet (a virtio console appears only after its module and the host's
+         * answer): the kernel's log keeps it, at emergency level so that the console prints
+         * it once it registers (its driver replays the log) whatever the loglevel. */
+        int kmsg = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+        if (kmsg >= 0) {
+            char line[sizeof buf + 3] = "<0>";
+            memcpy(line + 3, buf, len);
+            (void)!write(kmsg, line, len + 3);
+            close(kmsg);
+        }
+    }
 }
 
 static void sleep_ms(long ms)
@@ -218,6 +244,43 @@ static void ensure_console(void)
             dup2(console, fd);
     if (console > 2)
         close(console);
+}
+
+/* The config's `console`: a virtio console's terminal appears only once its driver has heard
+ * from the host's device, after the module load. Waits for it (ENODEV: an hvc node made before
+ * its port is; EINVAL: virtio_console allocates the hvc before it lists the port, and an open
+ * in between fails in its notifier_add), makes it fds 0..2 and leads its session. */
+static int take_console(const char *path)
+{
+    int fd;
+    for (int waited = 0;; waited += 10) {
+        fd = open(path, O_RDWR | O_NOCTTY); /* not O_CLOEXEC: it may land on 0..2 itself */
+        if (fd >= 0)
+            break;
+        int err = errno;
+        if ((err != ENOENT && err != ENXIO && err != ENODEV && err != EINVAL) ||
+            waited >= CONSOLE_WAIT_MS) {
+            say("console %s: %s (waited %d ms)", path, strerror(err), waited);
+            return -1;
+        }
+        sleep_ms(10);
+    }
+    for (int std = 0; std < 3; std++)
+        if (std != fd)
+            dup2(fd, std);
+    if (fd > 2)
+        close(fd);
+    lead_console_session();
+    return 0;
+}
+
+/* Drains the console before the exit report (see main); a port or a file has nothing to
+ * drain, and its ENOTTY is no news. */
+static void drain_console(void)
+{
+    for (int fd = STDOUT_FILENO; fd <= STDERR_FILENO; fd++)
+        if (isatty(fd))
+            tcdrain(fd);
 }
 
 /* Brings the loopback interface up (the kernel then gives it 127.0.0.1/8 and ::1). */
@@ -425,6 +488,156 @@ static int setup_root(const struct config *cfg)
     return switch_root();
 }
 
+/* --- stdio ports ----------------------------------------------------------------------------- */
+
+/* Whether virtio port ENTRY of `dir` is named `name`. Its name attribute appears only when
+ * the host's PORT_NAME message has arrived: absent means not yet. */
+static bool vport_named(const char *dir, const char *entry, const char *name)
+{
+    char path[PATH_MAX], buf[4098]; /* a sysfs attribute is at most a page */
+    if ((size_t)snprintf(path, sizeof path, "%s/%s/name", dir, entry) >= sizeof path)
+        return false;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    if (buf[n - 1] == '\n') /* the kernel's line end, not the name's */
+        n--;
+    buf[n] = '\0';
+    return strcmp(buf, name) == 0;
+}
+
+/* The entry (vportNpM) of the port named `name` in `dir`: the lowest N, then M, when several
+ * are (the first device's, deterministic whatever order readdir gives). -1: none yet. */
+static int find_vport(const char *dir, const char *name, char *entry, size_t size)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    unsigned best_n = 0, best_m = 0;
+    bool found = false;
+    for (struct dirent *e; (e = readdir(d));) {
+        unsigned n, m;
+        int end = 0;
+        if (sscanf(e->d_name, "vport%up%u%n", &n, &m, &end) != 2 || e->d_name[end] != '\0' ||
+            strlen(e->d_name) >= size || !vport_named(dir, e->d_name, name))
+            continue;
+        if (found && (n > best_n || (n == best_n && m > best_m)))
+            continue;
+        found = true;
+        best_n = n;
+        best_m = m;
+        strcpy(entry, e->d_name);
+    }
+    closedir(d);
+    return found ? 0 : -1;
+}
+
+/* A copy of `fd` at 3 or above (closing `fd`), so that the child's dup2 onto 0..2 never
+ * overwrites another port's fd nor leaves one with its close-on-exec flag. */
+static int above_stdio(int fd)
+{
+    if (fd > STDERR_FILENO)
+        return fd;
+    int moved = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+    close(fd);
+    return moved;
+}
+
+static long test_port_wait_ms(void)
+{
+    const char *given = getenv(TEST_PORT_WAIT_ENV);
+    char *end;
+    long ms = given ? strtol(given, &end, 10) : -1;
+    return given && *given && !*end && ms >= 0 ? ms : VPORT_WAIT_MS;
+}
+
+/* Where the ports are listed and their nodes made (test mode: the test's directories), and how
+ * long they may take to appear. */
+static long vport_places(const char **dir, const char **dev)
+{
+    *dir = VPORTS_DIR;
+    *dev = "/dev";
+    if (!test_mode)
+        return VPORT_WAIT_MS;
+    *dir = getenv(TEST_PORTS_ENV) ? getenv(TEST_PORTS_ENV) : *dir;
+    *dev = getenv(TEST_DEV_ENV) ? getenv(TEST_DEV_ENV) : *dev;
+    return test_port_wait_ms();
+}
+
+static void close_vports(int vports[3])
+{
+    for (int fd = 0; fd < 3; fd++)
+        if (vports[fd] >= 0) {
+            close(vports[fd]);
+            vports[fd] = -1;
+        }
+}
+
+/* Opens the port of each `stdio-port` (close-on-exec, at fd 3 or above: the child dup2s
+ * them), waiting up to VPORT_WAIT_MS in all for them to appear. */
+static int open_vports(const struct config *cfg, int vports[3])
+{
+    const char *dir, *dev;
+    long wait_ms = vport_places(&dir, &dev);
+    vports[0] = vports[1] = vports[2] = -1;
+    for (long waited = 0;; waited += 10) {
+        bool missing = false;
+        for (int fd = 0; fd < 3; fd++) {
+            const char *name = cfg->stdio_ports[fd];
+            char entry[NAME_MAX + 1], path[PATH_MAX];
+            if (!name || vports[fd] >= 0)
+                continue;
+            if (find_vport(dir, name, entry, sizeof entry) < 0) {
+                missing = true;
+                continue;
+            }
+            snprintf(path, sizeof path, "%s/%s", dev, entry);
+            int port = open(path, (fd ? O_WRONLY : O_RDONLY) | O_CLOEXEC | O_NOCTTY);
+            if (port < 0 && errno == ENOENT) { /* devtmpfs has not made the node yet */
+                missing = true;
+                continue;
+            }
+            if (port < 0 || (port = above_stdio(port)) < 0) {
+                say("stdio-port %d %s: %s: %s", fd, name, path, strerror(errno));
+                close_vports(vports);
+                return -1;
+            }
+            vports[fd] = port;
+        }
+        if (!missing)
+            return 0;
+        if (waited >= wait_ms) {
+            for (int fd = 0; fd < 3; fd++)
+                if (cfg->stdio_ports[fd] && vports[fd] < 0)
+                    say("stdio-port %d: no virtio port named '%s' in %s after %ld ms", fd,
+                        cfg->stdio_ports[fd], dir, waited);
+            close_vports(vports);
+            return -1;
+        }
+        sleep_ms(10);
+    }
+}
+
+/* In the child: each port onto its fd. The init's messages stay on the console: say() gets
+ * a copy of the console's stderr before a port replaces it. */
+static void use_vports(const int vports[3])
+{
+    if (vports[STDERR_FILENO] >= 0) {
+        int console = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+        if (console >= 0)
+            say_fd = console;
+    }
+    for (int fd = 0; fd < 3; fd++)
+        if (vports[fd] >= 0 && dup2(vports[fd], fd) < 0) {
+            say("stdio-port %d: dup2: %s", fd, strerror(errno));
+            _exit(EXIT_INIT_FAILED);
+        }
+}
+
 /* --- the workload --------------------------------------------------------------------------- */
 
 static const char *env_value(const struct config *cfg, const char *name)
@@ -467,8 +680,8 @@ static void exec_along_path(const struct config *cfg, char *const env[])
     errno = denied ? EACCES : ENOENT;
 }
 
-/* The child: rlimits, workdir, then the program. Never returns. */
-static void exec_workload(const struct config *cfg)
+/* The child: stdio ports, rlimits, workdir, then the program. Never returns. */
+static void exec_workload(const struct config *cfg, const int vports[3])
 {
     ports_close();
     if (!test_mode) {
@@ -479,6 +692,7 @@ static void exec_workload(const struct config *cfg)
         tcsetpgrp(STDIN_FILENO, getpid());
         signal(SIGTTOU, SIG_DFL); /* ignored dispositions survive execve */
     }
+    use_vports(vports); /* after tcsetpgrp: the foreground is the console's, not a port's */
     for (size_t i = 0; i < cfg->n_rlimits; i++)
         if (setrlimit(cfg->rlimits[i].resource, &cfg->rlimits[i].limit) < 0) {
             say("rlimit %s: %s", cfg->rlimits[i].name, strerror(errno));
@@ -528,15 +742,63 @@ static int wait_workload(pid_t child)
     }
 }
 
+/* Every port of the VM's virtio consoles, each named one with its name, with its /dev node:
+ * the driver adds ports one by one as the host's messages come, so a workload started at once
+ * could find /dev/vport2p1 not there yet (ENXIO). Not fatal past the wait: said, and the
+ * workload starts. */
+static void wait_vports(const struct config *cfg)
+{
+    const char *dir, *dev;
+    long wait_ms = vport_places(&dir, &dev);
+    unsigned total = 0, named = 0;
+    for (long waited = 0; cfg->vports_total; waited += 10) {
+        total = named = 0;
+        DIR *d = opendir(dir);
+        for (struct dirent *e; d && (e = readdir(d));) {
+            char path[PATH_MAX], name[2];
+            unsigned n, m;
+            if (sscanf(e->d_name, "vport%up%u", &n, &m) != 2)
+                continue;
+            if ((size_t)snprintf(path, sizeof path, "%s/%s", dev, e->d_name) >= sizeof path ||
+                access(path, F_OK) < 0)
+                continue;
+            total++;
+            snprintf(path, sizeof path, "%s/%s/name", dir, e->d_name);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd >= 0) {
+                if (read(fd, name, 1) == 1 && name[0] != '\n')
+                    named++;
+                close(fd);
+            }
+        }
+        if (d)
+            closedir(d);
+        if (total >= cfg->vports_total && named >= cfg->vports_named)
+            return;
+        if (waited >= wait_ms)
+            break;
+        sleep_ms(10);
+    }
+    if (cfg->vports_total)
+        say("virtio-ports: %u of %u ports, %u of %u named, after %ld ms", total,
+            cfg->vports_total, named, cfg->vports_named, wait_ms);
+}
+
 static int run_workload(const struct config *cfg)
 {
+    int vports[3];
+    wait_vports(cfg);
+    if (open_vports(cfg, vports) < 0)
+        return EXIT_INIT_FAILED;
     pid_t child = fork();
     if (child < 0) {
         say("fork: %s", strerror(errno));
+        close_vports(vports);
         return EXIT_INIT_FAILED;
     }
     if (child == 0)
-        exec_workload(cfg);
+        exec_workload(cfg, vports);
+    close_vports(vports); /* the workload's now: its end of file is its close, not ours */
     if (!test_mode)
         setpgid(child, child); /* as the child does: whichever runs first */
     milestone(MILESTONE_WORKLOAD_STARTED);
@@ -556,16 +818,22 @@ static int boot_and_run(const char *config_path)
     if (!test_mode) {
         mount_basics();
         ensure_console();
-        lead_console_session();
         loopback_up();
     }
     milestone(MILESTONE_MOUNTS_DONE);
-    if (config_load(config_path, &cfg, err, sizeof err) < 0) {
+    int loaded = config_load(config_path, &cfg, err, sizeof err);
+    /* The kernel's console leads unless the config names another (a session leader cannot
+     * trade its controlling terminal for another without hanging the first one up). */
+    if (!test_mode && (loaded < 0 || !cfg.console))
+        lead_console_session();
+    if (loaded < 0) {
         say("%s: %s", config_path, err);
         return EXIT_INIT_FAILED;
     }
     load_modules(&cfg);
     milestone(MILESTONE_MODULES_LOADED);
+    if (!test_mode && cfg.console && take_console(cfg.console) < 0)
+        return EXIT_INIT_FAILED;
     if (!test_mode && setup_root(&cfg) < 0)
         return EXIT_INIT_FAILED;
     milestone(MILESTONE_ROOT_MOUNTED);
@@ -622,8 +890,7 @@ int main(int argc, char **argv)
     sync();
     /* The VMM ends the VM at the report: let the console's UART send what the workload
      * wrote first (with several vCPUs its interrupt-driven output lags behind the exit). */
-    tcdrain(STDOUT_FILENO);
-    tcdrain(STDERR_FILENO);
+    drain_console();
     report_exit(status);
     power_off();
 }

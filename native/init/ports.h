@@ -30,7 +30,7 @@ enum milestone {
     MILESTONE_INIT_STARTED = 1,     /* first thing the init does */
     MILESTONE_MOUNTS_DONE = 2,      /* /proc, /sys, /dev, /run, /tmp, /dev/pts, /dev/shm */
     MILESTONE_MODULES_LOADED = 3,   /* every `module` line tried (after the config is read) */
-    MILESTONE_ROOT_MOUNTED = 4,     /* root mounted and switched into (also for initramfs) */
+    MILESTONE_ROOT_MOUNTED = 4,     /* console taken; root mounted, switched into (or initramfs) */
     MILESTONE_WORKLOAD_STARTED = 5, /* fork done; the child is about to execve */
     MILESTONE_WORKLOAD_EXITED = 6,  /* the workload was reaped */
 };

@@ -25,7 +25,7 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "vmrun_kvm.h"
 # The virtio engine and devices' data paths (native/virtio/), declared in cdef order.
-VIRTIO_HEADERS = [HERE.parent / "virtio" / name for name in ("virtqueue.h", "rng.h")]
+VIRTIO_HEADERS = [HERE.parent / "virtio" / name for name in ("virtqueue.h", "rng.h", "console.h")]
 # setuptools refuses absolute paths in setup() arguments: these are relative to the project
 # root, the working directory of every build (pip, `python -m build`, setup.py).
 SOURCE_DIR = "native/kvm"
@@ -463,6 +463,7 @@ PREAMBLE = """
 #include "vmrun_kvm.h"
 #include "virtqueue.h"
 #include "rng.h"
+#include "console.h"
 
 #define VMRUN_RUN_MEMBER(name) __typeof__(((struct kvm_run *)0)->name)
 typedef VMRUN_RUN_MEMBER(hw) vmrun_run_hw;
@@ -492,9 +493,24 @@ for header in VIRTIO_HEADERS:
 ffibuilder.set_source(
     "runner.kvm._native",
     PREAMBLE,
-    sources=[f"{SOURCE_DIR}/vmrun_kvm.c", f"{VIRTIO_DIR}/virtqueue.c", f"{VIRTIO_DIR}/rng.c"],
+    sources=[
+        f"{SOURCE_DIR}/vmrun_kvm.c",
+        f"{VIRTIO_DIR}/virtqueue.c",
+        f"{VIRTIO_DIR}/worker.c",
+        f"{VIRTIO_DIR}/rng.c",
+        f"{VIRTIO_DIR}/console.c",
+        f"{VIRTIO_DIR}/console_port.c",
+        f"{VIRTIO_DIR}/console_control.c",
+    ],
     include_dirs=[SOURCE_DIR, VIRTIO_DIR],
-    depends=[f"{SOURCE_DIR}/vmrun_kvm.h", f"{VIRTIO_DIR}/virtqueue.h", f"{VIRTIO_DIR}/rng.h"],
+    depends=[
+        f"{SOURCE_DIR}/vmrun_kvm.h",
+        f"{VIRTIO_DIR}/virtqueue.h",
+        f"{VIRTIO_DIR}/rng.h",
+        f"{VIRTIO_DIR}/console.h",
+        f"{VIRTIO_DIR}/console_internal.h",
+        f"{VIRTIO_DIR}/worker.h",
+    ],
     # Type mismatches between a declaration above and the real header are errors, not
     # warnings that scroll past in pip's output.
     extra_compile_args=[

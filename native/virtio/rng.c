@@ -1,10 +1,10 @@
 /* virtio-rng's worker: see rng.h. */
 #include "rng.h"
+#include "worker.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
@@ -111,22 +111,7 @@ struct vmrun_rng *vmrun_rng_start(struct vmrun_virtq *q, int notify_fd, int irq_
         free(rng);
         return NULL;
     }
-    /* Signals are for the main thread (Ctrl-C, SIGTERM) and the vCPUs (their kick): the
-     * worker starts with all of them blocked. */
-    sigset_t all, previous;
-    sigfillset(&all);
-    /* A small stack of its own: the worker needs a few KiB, and glibc's default (8 MiB, the
-     * first touch of which may be a 2 MiB huge page) would weigh in the VMM's memory. */
-    pthread_attr_t attr;
-    int error = pthread_attr_init(&attr);
-    if (!error)
-        error = pthread_attr_setstacksize(&attr, VMRUN_WORKER_STACK);
-    if (!error) {
-        pthread_sigmask(SIG_SETMASK, &all, &previous);
-        error = pthread_create(&rng->thread, &attr, run, rng);
-        pthread_sigmask(SIG_SETMASK, &previous, NULL);
-    }
-    pthread_attr_destroy(&attr);
+    int error = vmrun_worker_spawn(&rng->thread, run, rng);
     if (error) {
         close(rng->stop_fd);
         free(rng);

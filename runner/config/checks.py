@@ -14,6 +14,7 @@ from runner.boot.footprint import kernel_footprint
 from runner.config.devices import (
     FS_TAG_MAX_BYTES,
     TAP_NAME_MAX_BYTES,
+    AutoVirtioConsole,
     PasstBackend,
     TapBackend,
     UnixGramBackend,
@@ -211,7 +212,8 @@ def interrupt_budget(r: VmResources) -> Iterator[Problem]:
         yield Problem(
             (),
             f"{len(slots)} virtio devices ({listed}) but only {layout.VIRTIO_IRQ_COUNT} "
-            f"interrupt lines (IRQ {layout.VIRTIO_IRQ_FIRST}-{layout.VIRTIO_IRQ_LAST})",
+            f"interrupt lines (IRQ {layout.VIRTIO_IRQ_FIRST}-{layout.VIRTIO_IRQ_LAST} but the "
+            f"RTC's {layout.RTC_IRQ})",
         )
 
 
@@ -259,11 +261,16 @@ def consoles(r: VmResources) -> Iterator[Problem]:
             f"{name} needs {int(name[4:]) + 1} serial_consoles, "
             f"the file has {len(r.serial_consoles)}",
         )
-    virtio_count = len(r.virtio_consoles) + (0 if r.disable_implicit_console else 1)
-    if name and name.startswith("hvc") and int(name[3:]) >= virtio_count:
+    # An hvc is a console port: the implicit console's and each `auto` console's port 0, in
+    # order (a `ports` console's ports are the guest's /dev/vportNpM, not hvcs).
+    hvc_count = sum(1 for c in r.virtio_consoles if isinstance(c, AutoVirtioConsole)) + (
+        0 if r.disable_implicit_console else 1
+    )
+    if name and name.startswith("hvc") and int(name[3:]) >= hvc_count:
         yield Problem(
             ("kernel_console",),
-            f"{name} needs {int(name[3:]) + 1} virtio consoles, the VM has {virtio_count}",
+            f"{name} needs {int(name[3:]) + 1} console ports (the implicit console and "
+            f"`auto` virtio consoles have one each), the VM has {hvc_count}",
         )
     if r.console_output and r.disable_implicit_console:
         yield Problem(

@@ -1,6 +1,7 @@
 """`vmrun run --host emulated`: the same `vmrun run` inside the emulated host, on its real KVM.
 
-The VM's console streams through and its exit status comes back unchanged. What the VM
+The VM's console streams through and its exit status comes back unchanged; vmrun's stdin
+goes in when the VM reads it, a terminal there in raw mode as the VM's console. What the VM
 writes on the host (console files, sockets, writable disks and shares) must be writable
 inside the emulated host, so those directories are shared read-write.
 """
@@ -14,10 +15,13 @@ from typing import BinaryIO
 
 import runner
 from runner import progress, timings
+from runner.config.devices import AutoVirtioConsole, TtyPort
 from runner.config.fields import PathUse
 from runner.config.load import VmFile
+from runner.config.model import VmResources
 from runner.config.paths import host_paths
 from runner.devices.legacy.serial_output import open_output_file
+from runner.emulated import output_ports
 from runner.emulated.host import Outcome, Settings, run_in_host
 from runner.emulated.image import provision
 from runner.emulated.output_ports import OUTPUT_PORTS_ENV, encode, port_name
@@ -33,7 +37,7 @@ def writable_dirs(vm: VmFile) -> tuple[str, ...]:
     (runner/emulated/output_ports.py)."""
     dirs: list[str] = []
     for key_path, use, value in host_paths(vm.resources):
-        if key_path[0] == "console_output":  # an output file too (refused until it is built)
+        if key_path[0] == "console_output":  # an output file, written outside (output_files)
             continue
         if use is PathUse.PARENT:
             dirs.append(os.path.dirname(value) or ".")
@@ -53,16 +57,17 @@ def _read_only(vm: VmFile, key_path: tuple[str | int, ...]) -> bool:
 def output_files(
     vm: VmFile, stack: ExitStack
 ) -> tuple[tuple[tuple[str, BinaryIO], ...], tuple[str, str]]:
-    """The serial consoles' output files, opened here (with the checks a host's KVM run
-    makes), each with its port's name; and the environment entry that tells the vmrun inside
-    which port is which console's."""
-    outputs, ports = [], {}
-    for index, console in enumerate(vm.resources.serial_consoles):
-        if console.output in ("stdout", "stderr", "null"):
-            continue
-        stream = open_output_file(console.output, f"serial_consoles[{index}].output")
-        outputs.append((port_name(index), stack.enter_context(stream)))
-        ports[index] = port_name(index)
+    """The consoles' output files, opened here (with the checks a host's KVM run makes),
+    each with its port's name (one per file, whatever number of outputs name it); and the
+    environment entry that tells the vmrun inside which port is which output's."""
+    outputs: list[tuple[str, BinaryIO]] = []
+    names: dict[str, str] = {}  # path -> port name
+    ports: dict[str, str] = {}  # key -> port name
+    for key, path in output_ports.output_files(vm.resources):
+        if path not in names:
+            names[path] = port_name(len(names))
+            outputs.append((names[path], stack.enter_context(open_output_file(path, key))))
+        ports[key] = names[path]
     return tuple(outputs), (OUTPUT_PORTS_ENV, encode(ports))
 
 
@@ -87,8 +92,30 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
             writable_cwd=False,
             env=(("PYTHONPATH", module_path()), ports_env, *_first_run()),
             outputs=outputs,
+            # Only a VM that reads stdin takes it: `while read f; do vmrun run ...; done`
+            # keeps its lines otherwise.
+            stdin="raw" if reads_stdin(vm.resources) else "null",
         )
         return run_in_host(provision(), argv, settings, sys.stdout.buffer, sys.stderr.buffer)
+
+
+def reads_stdin(resources: VmResources) -> bool:
+    """Does a console of the VM read vmrun's stdin? The implicit console does, unless its
+    output goes to a file; so does any console or port whose input (or tty) is `stdin`."""
+    if not resources.disable_implicit_console and resources.console_output is None:
+        return True
+    if any(serial.input == "stdin" for serial in resources.serial_consoles):
+        return True
+    for console in resources.virtio_consoles:
+        if isinstance(console, AutoVirtioConsole):
+            if console.input == "stdin":
+                return True
+            continue
+        for port in console.ports:
+            source = port.tty if isinstance(port, TtyPort) else port.input
+            if source == "stdin":
+                return True
+    return False
 
 
 def host_cpus(vcpus: int) -> int:

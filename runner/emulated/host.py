@@ -4,9 +4,10 @@ booting a Linux whose /dev/kvm is real.
 The command sees the host's files at their own paths (read-only), the writable directories
 (by default the current directory) and a scratch directory read-write, and runs in the
 current directory with this process's environment. Its stdout and stderr stream back as
-they come over two virtio-serial ports; its exit status comes back through the scratch
-directory. QEMU never outlives this: it dies with its parent (PR_SET_PDEATHSIG), on
-Ctrl-C, and at the timeout.
+they come over two virtio-serial ports, and its stdin (`Settings.stdin`) goes in over
+another (inbound_ports.py); its exit status comes back through the scratch directory.
+QEMU never outlives this: it dies with its parent (PR_SET_PDEATHSIG), on Ctrl-C, and at
+the timeout.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import attrs
 
-from runner import progress, timings
+from runner import progress, terminal, timings
 from runner.cache import cache_dir
 from runner.emulated.image import HostImage
+from runner.emulated.inbound_ports import InboundPorts, StdinMode
 from runner.errors import VmrunError
 from runner.guest.debian import OFFLINE_ENV
 from runner.host_kvm import INSIDE_ENV
@@ -62,6 +65,9 @@ class Settings:
     console_log: str | None = None  # keep the host's console log there (else it is dropped)
     # More virtio-serial ports, each by name, and the stream that its output is written to.
     outputs: tuple[tuple[str, BinaryIO], ...] = ()
+    # The command's stdin: "null" (/dev/null), "pass" (this one's, to its end), "raw" (as
+    # "pass", with a terminal there in raw mode: the console of a VM run in there).
+    stdin: StdinMode = "null"
 
 
 @attrs.frozen
@@ -89,7 +95,7 @@ def run_in_host(
         return Outcome(HARNESS_FAILURE, missing)
     cwd = os.getcwd()
     progress.phase("booting the emulated KVM host")
-    with tempfile.TemporaryDirectory(prefix="vmrun-host-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="vmrun-host-") as scratch, ExitStack() as stack:
         scratch_path = Path(scratch)
         (scratch_path / "tmp").mkdir()
         # Not the cache: it is provisioned here before the host boots, and what runs inside
@@ -97,14 +103,16 @@ def run_in_host(
         # plant a file that vmrun out here would later unpack, build from or run.
         shared = (cwd,) if settings.writable_cwd else ()
         writable = _writable_dirs((*shared, *settings.writable))
-        _write_job(scratch_path, argv, cwd, writable, dict(settings.env))
+        # Closed (and the terminal restored) after QEMU ends, before the scratch directory goes.
+        inbound = stack.enter_context(InboundPorts(scratch_path, settings.stdin))
+        _write_job(scratch_path, argv, cwd, writable, {**dict(settings.env), **inbound.facts.env()})
         # A virtio-serial port per stream: the job's stdout and stderr, the VM's output files
         # (`settings.outputs`), and `events`: lines that the init and the vmrun inside write
         # as phases end (runner/timings.py), stamped here on arrival.
         streams = [("stdout", stdout), ("stderr", stderr), *settings.outputs]
         ends = {name: os.pipe() for name in [name for name, _ in streams] + ["events"]}
         pipes = tuple((name, w) for name, (_, w) in ends.items())
-        cmd = _qemu_command(image, settings, scratch_path, writable, pipes)
+        cmd = _qemu_command(image, settings, scratch_path, writable, pipes, inbound.sockets)
         with open(scratch_path / "qemu.log", "wb") as qemu_log:
             proc = subprocess.Popen(
                 cmd,
@@ -120,6 +128,7 @@ def run_in_host(
         pumps = [_pump(ends[name][0], sink) for name, sink in streams]
         pumps.append(_event_pump(ends["events"][0]))
         try:
+            inbound.start(proc)
             ended = _wait(proc, settings, scratch_path / "heartbeat")
         finally:
             _stop(proc)
@@ -155,6 +164,7 @@ def _write_job(
     lines.append(f"JOB={shlex.quote(str(scratch / 'job.sh'))}")
     (scratch / "mounts.sh").write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if ENV_NAME.match(k)}
+    env.pop(terminal.WINSIZE_PORT_ENV, None)  # the host's init names the port in there
     # No network inside: a package missing from the cache is an error that says so.
     env.update({"TMPDIR": str(scratch / "tmp"), INSIDE_ENV: "1", OFFLINE_ENV: "1", **extra_env})
     job = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
@@ -168,6 +178,7 @@ def _qemu_command(
     scratch: Path,
     writable: list[str],
     pipes: Sequence[tuple[str, int]],
+    sockets: Mapping[str, Path],
 ) -> list[str]:
     def share(path: str, tag: str, read_only: bool = False) -> list[str]:
         # QEMU splits an option's value at each comma; a doubled comma is a literal one, so
@@ -194,6 +205,10 @@ def _qemu_command(
     ]  # fmt: skip
     for name, fd in pipes:
         cmd += ["-chardev", f"file,id={name},path=/proc/self/fd/{fd}"]
+        cmd += ["-device", f"virtserialport,bus=ports.0,chardev={name},name={name}"]
+    for name, path in sockets.items():  # QEMU connects to vmrun's socket (inbound_ports.py)
+        escaped = str(path).replace(",", ",,")
+        cmd += ["-chardev", f"socket,id={name},path={escaped}"]
         cmd += ["-device", f"virtserialport,bus=ports.0,chardev={name},name={name}"]
     cmd += share("/", "host", read_only=True) + share(str(scratch), "scratch")
     for index, path in enumerate(writable):

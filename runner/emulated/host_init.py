@@ -4,11 +4,11 @@ It loads the modules, mounts the host's / read-only over 9p (tag `host`) and the
 scratch directory read-write (tag `scratch`), runs `/scratch/mounts.sh` (written by vmrun:
 the writable directories, mounted at their own paths), then runs `/scratch/job.sh` chrooted
 into the host's files with stdout and stderr on the virtio-serial ports `stdout` and
-`stderr`, while it rewrites `/scratch/heartbeat` every 5 s (vmrun takes a host whose
-heartbeat stops for `Settings.hung_after_s` for hung). It writes the exit status to
-`/scratch/status` and powers off. Anything that goes
-wrong before the job runs leaves no status file: vmrun reports that as its own failure,
-with the console log.
+`stderr`, and stdin on `stdin` (/dev/null without one; inbound_ports.py), while it rewrites
+`/scratch/heartbeat` every 5 s (vmrun takes a host whose heartbeat stops for
+`Settings.hung_after_s` for hung). It writes the exit status to `/scratch/status` and
+powers off. Anything that goes wrong before the job runs leaves no status file: vmrun
+reports that as its own failure, with the console log.
 """
 
 HOST_INIT = r"""#!/bin/busybox sh
@@ -45,9 +45,13 @@ if [ -c "$port_events" ]; then
   export VMRUN_TIMINGS_EVENTS="$port_events"
   echo "emulated host booted" > "$port_events"
 fi
+# The outer terminal's new sizes, for the vmrun inside (runner/terminal.py).
+[ -c "$port_winsize" ] && export VMRUN_WINSIZE_PORT="$port_winsize"
+stdin=/dev/null
+[ -c "$port_stdin" ] && stdin="$port_stdin"
 # A heartbeat for vmrun, which otherwise cannot tell a locked-up kernel from a quiet job.
 (while :; do date +%s > /scratch/heartbeat; sleep 5; done) &
-chroot /host /bin/sh "$JOB" < /dev/null > "$port_stdout" 2> "$port_stderr"
+chroot /host /bin/sh "$JOB" < "$stdin" > "$port_stdout" 2> "$port_stderr"
 echo $? > /scratch/status
 sync
 poweroff -f

@@ -141,12 +141,29 @@ def render_config(lines: Iterable[tuple[str, str]]) -> bytes:
     return CONFIG_MAGIC + b"\n" + body + CONFIG_END + b"\n"
 
 
-def init_config(resources: VmResources, argv: Sequence[str], modules: Sequence[str] = ()) -> bytes:
+def init_config(
+    resources: VmResources,
+    argv: Sequence[str],
+    modules: Sequence[str] = (),
+    *,
+    console: str | None = None,
+    stdio_ports: Sequence[tuple[int, str]] = (),
+    virtio_ports: tuple[int, int] = (0, 0),
+) -> bytes:
     """What the init runs and how, from the VM file (and `argv`, which replaces exec/args);
-    `modules` are paths in the initramfs, loaded in order before the root is mounted."""
+    `modules` are paths in the initramfs, loaded in order before the root is mounted.
+    `console` is the terminal the init and the workload use instead of /dev/console (e.g.
+    /dev/hvc0, waited for after the modules); `stdio_ports` are (fd, port name) pairs: the
+    virtio port of that name becomes the workload's fd 0, 1 or 2; `virtio_ports` the number
+    of the consoles' ports and of those named, which the init waits for."""
     workload = resources.workload
     lines: list[tuple[str, str]] = [("hostname", (workload and workload.hostname) or "vmrun")]
     lines += [("module", "/" + path) for path in modules]
+    if console is not None:
+        lines.append(("console", console))
+    lines += [("stdio-port", f"{fd} {name}") for fd, name in stdio_ports]
+    if virtio_ports != (0, 0):
+        lines.append(("virtio-ports", f"{virtio_ports[0]} {virtio_ports[1]}"))
     if workload is not None:
         lines += [("env", f"{name}={value}") for name, value in workload.env.items()]
         lines.append(("workdir", workload.workdir))
@@ -160,9 +177,17 @@ def init_config(resources: VmResources, argv: Sequence[str], modules: Sequence[s
     return render_config(lines)
 
 
-def guest_initramfs_parts(resources: VmResources, argv: Sequence[str]) -> list[bytes]:
+def guest_initramfs_parts(
+    resources: VmResources,
+    argv: Sequence[str],
+    *,
+    console: str | None = None,
+    stdio_ports: Sequence[tuple[int, str]] = (),
+    virtio_ports: tuple[int, int] = (0, 0),
+) -> list[bytes]:
     """The archives of this run's initramfs, in order: laid one after the other they are the
-    initramfs (the builder writes them so into guest memory, sparing a copy of megabytes)."""
+    initramfs (the builder writes them so into guest memory, sparing a copy of megabytes).
+    `console` and `stdio_ports` are the workload's stdio (runner/devices/virtio/console_plan.py)."""
     parts = []
     if resources.kernel.initramfs:
         mem_size = resources.machine.mem_size_mib << 20
@@ -177,11 +202,28 @@ def guest_initramfs_parts(resources: VmResources, argv: Sequence[str]) -> list[b
         # Not compressed (a cpio's size is a multiple of 4): unpacking in the guest would
         # cost more than copying its few hundred KiB.
         parts.append(modules.read_bytes())
-    config = init_config(resources, argv, guest_module_paths(resources))
+    config = init_config(
+        resources,
+        argv,
+        guest_module_paths(resources),
+        console=console,
+        stdio_ports=stdio_ports,
+        virtio_ports=virtio_ports,
+    )
     parts.append(compressed(cpio([Entry.directory("vmrun"), Entry.file("vmrun/config", config)])))
     return parts
 
 
-def guest_initramfs(resources: VmResources, argv: Sequence[str]) -> bytes:
+def guest_initramfs(
+    resources: VmResources,
+    argv: Sequence[str],
+    *,
+    console: str | None = None,
+    stdio_ports: Sequence[tuple[int, str]] = (),
+    virtio_ports: tuple[int, int] = (0, 0),
+) -> bytes:
     """The whole initramfs for this run."""
-    return b"".join(guest_initramfs_parts(resources, argv))
+    parts = guest_initramfs_parts(
+        resources, argv, console=console, stdio_ports=stdio_ports, virtio_ports=virtio_ports
+    )
+    return b"".join(parts)

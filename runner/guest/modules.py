@@ -1,9 +1,11 @@
 """The kernel modules the init loads before the root, for the devices vmrun attaches.
 
 Debian's cloud kernel (the default) has its virtio drivers as modules, uncompressed; the init
-loads them in the order given here, each after what it depends on (modules.dep, read once
-when this list was written: virtio_mmio and virtio-rng need virtio and virtio_ring). A
-kernel the file names (kernel.path) or libkrunfw's bundle brings its own drivers, built in
+loads them in the order given here, each after what it depends on (the modules' `depends=`,
+read once when this list was written; the package ships no modules.dep: virtio_mmio,
+virtio-rng and virtio_console need virtio and virtio_ring). virtio_console is loaded only
+for a VM with a virtio console, though the archive always holds it (one archive per kernel).
+A kernel the file names (kernel.path) or libkrunfw's bundle brings its own drivers, built in
 or in the file's own initramfs: nothing is added for those.
 
 The modules go into the initramfs as one uncompressed archive, built once per kernel into
@@ -22,11 +24,13 @@ from runner.config.model import VmResources
 from runner.guest.kernel import default_kernel
 
 # Paths under lib/modules/RELEASE, in load order.
+VIRTIO_CONSOLE_MODULE = "kernel/drivers/char/virtio_console.ko"
 VIRTIO_MODULES = (
     "kernel/drivers/virtio/virtio_ring.ko",
     "kernel/drivers/virtio/virtio.ko",
     "kernel/drivers/virtio/virtio_mmio.ko",
     "kernel/drivers/char/hw_random/virtio-rng.ko",
+    VIRTIO_CONSOLE_MODULE,
 )
 GUEST_DIR = PurePosixPath("vmrun/modules")
 
@@ -35,13 +39,26 @@ def uses_default_kernel(resources: VmResources) -> bool:
     return resources.kernel.path is None and resources.kernel_bundle is None
 
 
+def has_virtio_console(resources: VmResources) -> bool:
+    return not resources.disable_implicit_console or bool(resources.virtio_consoles)
+
+
 def guest_module_paths(resources: VmResources) -> list[str]:
     """Where the modules to load are in the initramfs, in load order."""
-    return _guest_paths() if uses_default_kernel(resources) else []
+    if not uses_default_kernel(resources):
+        return []
+    paths = _guest_paths()
+    if not has_virtio_console(resources):
+        paths.remove(_guest_path(VIRTIO_CONSOLE_MODULE))
+    return paths
+
+
+def _guest_path(name: str) -> str:
+    return str(GUEST_DIR / PurePosixPath(name).name)
 
 
 def _guest_paths() -> list[str]:
-    return [str(GUEST_DIR / PurePosixPath(name).name) for name in VIRTIO_MODULES]
+    return [_guest_path(name) for name in VIRTIO_MODULES]
 
 
 def modules_archive(resources: VmResources) -> Path | None:

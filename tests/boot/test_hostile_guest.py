@@ -17,16 +17,15 @@ own).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from guest_program import guest_program_initramfs
 
 from runner.arch.x86_64 import layout
-from runner.boot.initramfs import Entry, cpio
 
 pytestmark = pytest.mark.boot
 
@@ -35,20 +34,6 @@ GUEST_MIB = 256
 MMIO_PAGES = 1  # each 32-bit word is an exit
 RNG_DEVICE = "LNRO0005:00"  # the platform device of the DSDT's first virtio-mmio window
 SOURCE = Path(__file__).with_name("port_hammer.c")
-
-
-def hammer_initramfs(tmp_path: Path) -> Path:
-    """A cpio with /port_hammer, built here (the test runs where gcc is)."""
-    if shutil.which("gcc") is None:
-        pytest.fail("gcc is needed to build the guest's port_hammer")
-    program = tmp_path / "port_hammer"
-    subprocess.run(
-        ["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(program), str(SOURCE)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    archive = tmp_path / "hammer.cpio"
-    archive.write_bytes(cpio([Entry.file("port_hammer", program.read_bytes(), 0o755)]))
-    return archive
 
 
 def rss_outside_guest_kib(pid: int) -> int:
@@ -70,7 +55,7 @@ def test_a_guest_hammering_every_port_neither_crashes_nor_grows_vmrun(tmp_path: 
         "disable_implicit_console = true\n"
         'serial_consoles = [{ output = "stdout" }, { output = "ttyS1.log" }]\n'
         f"[machine]\nvcpu_count = 1\nmem_size_mib = {GUEST_MIB}\n"
-        f'[kernel]\ninitramfs = "{hammer_initramfs(tmp_path)}"\n'
+        f'[kernel]\ninitramfs = "{guest_program_initramfs(SOURCE, tmp_path)}"\n'
     )
     # The first virtio-mmio window is the implicit rng's: its driver is unbound first, so
     # that /dev/mem maps it (the kernel refuses a region a driver holds) and the hammer's

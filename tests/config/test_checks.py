@@ -588,7 +588,8 @@ def test_twenty_block_devices_are_too_many(write_vm, tmp_path: Path) -> None:
     sized(tmp_path / "disk.img", 4096)
     path = write_vm(_disks(20))
     message = (
-        "22 virtio devices (1 console, 1 rng, 20 block) but only 19 interrupt lines (IRQ 5-23)"
+        "22 virtio devices (1 console, 1 rng, 20 block) but only 18 interrupt lines "
+        "(IRQ 5-23 but the RTC's 8)"
     )
     assert problems(path) == [("(document)", message)]
     assert lines(path) == [f"{path}:1:1: (document): {message}"]
@@ -600,17 +601,17 @@ def test_interrupt_budget_lists_every_kind(write_vm, tmp_path: Path) -> None:
     assert problems(path) == [
         (
             "(document)",
-            "22 virtio devices (1 console, 1 rng, 18 block, 1 vsock, 1 snd) but only 19 "
-            "interrupt lines (IRQ 5-23)",
+            "22 virtio devices (1 console, 1 rng, 18 block, 1 vsock, 1 snd) but only 18 "
+            "interrupt lines (IRQ 5-23 but the RTC's 8)",
         )
     ]
 
 
-def test_nineteen_virtio_devices_fit(write_vm, tmp_path: Path) -> None:
+def test_eighteen_virtio_devices_fit(write_vm, tmp_path: Path) -> None:
     sized(tmp_path / "disk.img", 4096)
-    passes(write_vm(_disks(17)))  # with the implicit console and rng: 19
-    passes(write_vm("disable_implicit_console = true\n" + _disks(18)))
-    assert problems(write_vm("disable_implicit_console = true\n" + _disks(19)))
+    passes(write_vm(_disks(16)))  # with the implicit console and rng: 18
+    passes(write_vm("disable_implicit_console = true\n" + _disks(17)))
+    assert problems(write_vm("disable_implicit_console = true\n" + _disks(18)))
 
 
 # --- command_line ----------------------------------------------------------------------------
@@ -715,14 +716,29 @@ def test_kernel_console_serial_present(write_vm) -> None:
     passes(write_vm('kernel_console = "ttyS0"\n[[serial_consoles]]\n'))
 
 
+HVC_NEEDS = (
+    "hvc{n} needs {0} console ports (the implicit console and `auto` virtio consoles have one "
+    "each), the VM has {1}"
+)
+
+
 def test_kernel_console_hvc_missing(write_vm) -> None:
     path = write_vm('kernel_console = "hvc1"\n')
-    assert problems(path) == [("kernel_console", "hvc1 needs 2 virtio consoles, the VM has 1")]
+    assert problems(path) == [("kernel_console", HVC_NEEDS.format(2, 1, n=1))]
 
 
 def test_kernel_console_hvc0_without_any_virtio_console(write_vm) -> None:
     path = write_vm('kernel_console = "hvc0"\ndisable_implicit_console = true\n')
-    assert problems(path) == [("kernel_console", "hvc0 needs 1 virtio consoles, the VM has 0")]
+    assert problems(path) == [("kernel_console", HVC_NEEDS.format(1, 0, n=0))]
+
+
+def test_kernel_console_hvc_of_a_ports_console_is_missing(write_vm) -> None:
+    # A `ports` console has no console port: its ports are /dev/vportNpM, not an hvc.
+    path = write_vm(
+        'kernel_console = "hvc1"\n[[virtio_consoles]]\ntype = "ports"\n'
+        'ports = [{ type = "inout", name = "a" }]\n'
+    )
+    assert problems(path) == [("kernel_console", HVC_NEEDS.format(2, 1, n=1))]
 
 
 def test_kernel_console_hvc_present(write_vm) -> None:
@@ -762,7 +778,7 @@ def test_kernel_console_with_a_huge_hvc_number(write_vm) -> None:
 
 def test_kernel_console_hvc99_is_counted(write_vm) -> None:
     path = write_vm('kernel_console = "hvc99"\n')
-    assert problems(path) == [("kernel_console", "hvc99 needs 100 virtio consoles, the VM has 1")]
+    assert problems(path) == [("kernel_console", HVC_NEEDS.format(100, 1, n=99))]
 
 
 # --- network_rules ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from runner.devices.legacy.serial import RX_CAPACITY, Serial8250
-from runner.devices.legacy.serial_input import SerialInput, terminal_for_guest
+from runner.devices.legacy.serial_input import SerialInput
+from runner.terminal import raw_mode
 
 RBR, IER, IIR, LSR = 0, 1, 2, 5
 IER_RDI, IER_THRI = 0x01, 0x02
@@ -159,7 +160,7 @@ def test_a_fifo_waits_for_its_next_writer(tmp_path: Path) -> None:
 def test_a_terminal_passes_keys_and_comes_back_as_it_was() -> None:
     primary, secondary = os.openpty()
     before = termios.tcgetattr(secondary)
-    with terminal_for_guest(secondary):
+    with raw_mode(secondary):
         mode = termios.tcgetattr(secondary)
         assert not mode[3] & (termios.ICANON | termios.ECHO | termios.ISIG)
         assert not mode[0] & termios.ICRNL

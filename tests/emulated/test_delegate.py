@@ -58,19 +58,35 @@ def test_writable_dirs_are_where_the_vm_writes(write_vm, tmp_path: Path) -> None
 def test_output_files_are_opened_outside_each_with_a_port(write_vm, tmp_path: Path) -> None:
     (tmp_path / "logs").mkdir()
     path = write_vm("""\
-        disable_implicit_console = true
+        console_output = "logs/console.log"
         serial_consoles = [
           { output = "stdout" }, { output = "logs/one.log" }, { output = "null" },
           { output = "logs/three.log" },
         ]
+        [[virtio_consoles]]
+        type = "auto"
+        output = "logs/one.log"
+        err = "logs/err.log"
+        [[virtio_consoles]]
+        type = "ports"
+        ports = [
+          { type = "inout", name = "m", output = "logs/m.log" }, { type = "tty", name = "t" },
+        ]
         """)
     with ExitStack() as stack:
         outputs, env = output_files(load(path), stack)
-        assert [name for name, _ in outputs] == ["out1", "out3"]
-        assert env == ("VMRUN_OUTPUT_PORTS", "1=out1 3=out3")
+        # One port per file, whatever number of outputs name it.
+        assert [name for name, _ in outputs] == ["out0", "out1", "out2", "out3", "out4"]
+        assert env == (
+            "VMRUN_OUTPUT_PORTS",
+            "serial_consoles[1].output=out0 serial_consoles[3].output=out1 "
+            "console_output=out2 virtio_consoles[0].output=out0 virtio_consoles[0].err=out3 "
+            "virtio_consoles[1].ports[0].output=out4",
+        )
         outputs[0][1].write(b"written outside\n")
     assert (tmp_path / "logs" / "one.log").read_bytes() == b"written outside\n"
-    assert (tmp_path / "logs" / "three.log").read_bytes() == b""
+    for name in ("three", "console", "err", "m"):
+        assert (tmp_path / "logs" / f"{name}.log").read_bytes() == b""
 
 
 def test_an_output_file_that_is_a_symbolic_link_is_refused_outside(
@@ -135,3 +151,51 @@ def test_emulated_cpus_follow_the_guests_vcpus(vcpus: int, cpus: int, monkeypatc
     # for more, never more than the machine's cores.
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert delegate.host_cpus(vcpus) == cpus
+
+
+@pytest.mark.parametrize(
+    ("text", "reads"),
+    [
+        ("", True),  # the implicit console: the workload's stdin
+        ('console_output = "out.log"', False),  # that console writes a file, reads nothing
+        ("disable_implicit_console = true", False),
+        ('disable_implicit_console = true\nserial_consoles = [{ input = "stdin" }]', True),
+        ('disable_implicit_console = true\nserial_consoles = [{ input = "in.txt" }]', False),
+        ('disable_implicit_console = true\n[[virtio_consoles]]\ntype = "auto"', True),
+        (
+            'disable_implicit_console = true\n[[virtio_consoles]]\ntype = "auto"\ninput = "null"',
+            False,
+        ),
+        (
+            'disable_implicit_console = true\n[[virtio_consoles]]\ntype = "ports"\n'
+            'ports = [{ type = "inout", name = "io" }, { type = "tty", name = "t" }]',
+            True,  # a tty port's terminal is vmrun's stdin unless it names one
+        ),
+        (
+            'disable_implicit_console = true\n[[virtio_consoles]]\ntype = "ports"\n'
+            'ports = [{ type = "inout", name = "io", input = "stdin" }]',
+            True,
+        ),
+        (
+            'disable_implicit_console = true\n[[virtio_consoles]]\ntype = "ports"\n'
+            'ports = [{ type = "inout", name = "io", input = "in.txt", output = "null" }]',
+            False,
+        ),
+    ],
+)
+def test_vmrun_s_stdin_goes_in_only_for_a_vm_that_reads_it(
+    write_vm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, reads: bool
+) -> None:
+    (tmp_path / "in.txt").write_text("typed\n")
+    vm = load(write_vm(text + "\n"))
+    assert delegate.reads_stdin(vm.resources) is reads
+    seen: list[Settings] = []
+    monkeypatch.setattr(delegate, "provision", lambda: None)
+    monkeypatch.setattr(delegate, "compile_modules", lambda: None)
+    monkeypatch.setattr(
+        delegate, "run_in_host", lambda _image, _argv, settings, *_: seen.append(settings)
+    )
+    delegate.run_in_emulated_host(vm, ["/bin/true"], 60)
+    # "raw": a terminal there becomes the VM's console; otherwise the workload gets /dev/null
+    # and a `while read` loop around vmrun keeps its lines.
+    assert seen[0].stdin == ("raw" if reads else "null")

@@ -17,18 +17,10 @@ from pathlib import Path
 import pytest
 
 from runner.cache import cache_dir
-from runner.emulated.host import QEMU, qemu_missing
+from runner.emulated.host import QEMU
 
 VMRUN = [sys.executable, "-m", "runner", "emulated-host"]
-
-
-@pytest.fixture(autouse=True)
-def qemu_present() -> None:
-    reason = qemu_missing()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must test the emulated host: {reason}")
-        pytest.skip(reason)
+pytestmark = pytest.mark.usefixtures("qemu_present")  # tests/emulated/conftest.py
 
 
 def qemu_children(parent: int) -> list[int]:

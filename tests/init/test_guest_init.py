@@ -17,7 +17,6 @@ import struct
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 from guest_init_config import (
@@ -28,6 +27,8 @@ from guest_init_config import (
     build,
     escape,
     render,
+    run,
+    run_path,
     workload,
 )
 from hypothesis import HealthCheck, given, settings
@@ -37,34 +38,6 @@ from runner.guest.initramfs import GuestImageError
 
 SH = "/bin/sh"
 NOBODY = 65534
-
-
-class Result(NamedTuple):
-    status: int
-    out: str  # the workload's stdout (the init's `exit-status` line taken off)
-    err: str
-
-
-def run(init: Path, tmp_path: Path, config: bytes | list[tuple[str, str]]) -> Result:
-    path = tmp_path / "config"
-    path.write_bytes(config if isinstance(config, bytes) else render(config))
-    return run_path(init, str(path))
-
-
-def run_path(init: Path, config_path: str) -> Result:
-    done = subprocess.run(
-        [str(init), config_path],
-        env={"VMRUN_INIT_TEST": "1"},
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    out, err = done.stdout.decode(), done.stderr.decode()
-    assert done.returncode == 0, err
-    # the workload's output may not end in a newline: the init's line then follows on its line
-    match = re.fullmatch(r"(.*)exit-status (\d+)\n", out, re.DOTALL)
-    assert match, f"no exit-status line at the end of {out!r}"
-    return Result(int(match[2]), match[1], err)
 
 
 def sh(script: str, **kwargs: object) -> list[tuple[str, str]]:
@@ -192,6 +165,22 @@ GOOD = MAGIC + b"\nexec /bin/true\n" + END + b"\n"
         (MAGIC + b"\nroot-tag r\nexec /bin/true\nend\n", "need root fs or root block"),
         (MAGIC + b"\nmodule\nexec /bin/true\nend\n", "module wants a path"),
         (MAGIC + b"\nworkdir\nexec /bin/true\nend\n", "workdir is empty"),
+        (MAGIC + b"\nconsole\nexec /bin/true\nend\n", "line 2: console wants an absolute"),
+        (MAGIC + b"\nconsole dev/hvc0\nexec /bin/true\nend\n", "console wants an absolute"),
+        (MAGIC + b"\nconsole /dev/hvc0\nconsole /dev/hvc1\nexec /bin/true\nend\n",
+         "line 3: 'console' given twice"),
+        (MAGIC + b"\nstdio-port 3 x\nexec /bin/true\nend\n", "line 2: stdio-port wants FD NAME"),
+        (MAGIC + b"\nstdio-port -1 x\nexec /bin/true\nend\n", "stdio-port wants FD NAME"),
+        (MAGIC + b"\nstdio-port 01 x\nexec /bin/true\nend\n", "stdio-port wants FD NAME"),
+        (MAGIC + b"\nstdio-port x\nexec /bin/true\nend\n", "stdio-port wants FD NAME"),
+        (MAGIC + b"\nstdio-port 1\nexec /bin/true\nend\n", "stdio-port wants FD NAME"),
+        (MAGIC + b"\nstdio-port\nexec /bin/true\nend\n", "stdio-port wants FD NAME"),
+        (MAGIC + b"\nstdio-port 1 \nexec /bin/true\nend\n",
+         "line 2: stdio-port 1: the port name is empty"),
+        (MAGIC + b"\nstdio-port 1 a\nstdio-port 1 b\nexec /bin/true\nend\n",
+         "line 3: stdio-port 1 given twice"),
+        (MAGIC + b"\nstdio-port 1 a\nstdio-port 2 a\nexec /bin/true\nend\n",
+         "line 3: stdio-port 2: port 'a' is already fd 1's"),
     ],
 )  # fmt: skip
 def test_malformed_config_is_125(init: Path, tmp_path: Path, config: bytes, message: str) -> None:
@@ -467,5 +456,14 @@ def test_readme_example(init: Path, tmp_path: Path) -> None:
     lines = [tuple(line.split(" ", 1)) for line in example.decode().splitlines()[1:-1]]
     unescaped = [(k, v.encode().decode("unicode_escape")) for k, v in lines]
     assert render(unescaped) == example
-    result = run(init, tmp_path, example.replace(b"workdir /root\n", b"workdir /\n"))
+    # its stdio-port 2 (stderr) is a file here
+    (tmp_path / "ports" / "vport0p1").mkdir(parents=True)
+    (tmp_path / "ports" / "vport0p1" / "name").write_text("krun-stderr\n")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "vport0p1").touch()
+    ports = {
+        "VMRUN_INIT_TEST_PORTS": str(tmp_path / "ports"),
+        "VMRUN_INIT_TEST_DEV": str(tmp_path / "dev"),
+    }
+    result = run(init, tmp_path, example.replace(b"workdir /root\n", b"workdir /\n"), ports)
     assert (result.status, result.out) == (0, "hello, world\n\n")

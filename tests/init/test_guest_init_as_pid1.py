@@ -50,8 +50,9 @@ def root(tmp_path: Path, init: Path) -> Path:
     return root
 
 
-def boot(root: Path, config: list[tuple[str, str]]) -> tuple[int, str, str]:
-    """Runs /init of `root` as PID 1 (the host's /usr, /bin, ... bound into `root`)."""
+def boot(root: Path, config: list[tuple[str, str]], before: str = "") -> tuple[int, str, str]:
+    """Runs /init of `root` as PID 1 (the host's /usr, /bin, ... bound into `root`), after the
+    shell command `before`, if any."""
     (root / "vmrun" / "config").write_bytes(render(config))
     binds = []
     for name in HOST_DIRS:
@@ -61,7 +62,8 @@ def boot(root: Path, config: list[tuple[str, str]]) -> tuple[int, str, str]:
         elif host.is_dir():
             (root / name).mkdir()
             binds.append(f"mount --rbind {host} {root / name}")
-    script = "set -e; " + "; ".join(binds) + f"; exec chroot {root} /init"
+    script = "set -e; " + "; ".join([*binds, *([before] if before else [])])
+    script += f"; exec chroot {root} /init"
     done = subprocess.run(
         [*UNSHARE, "sh", "-c", script], capture_output=True, text=True, check=False, timeout=60
     )
@@ -146,3 +148,43 @@ def test_switch_root(root: Path) -> None:
     assert "switch to the root" not in err and "move " not in err, err
     assert "cannot run /bin/sh: No such file or directory" in err
     assert reported(err) == 127
+
+
+CONSOLE_SCRIPT = (
+    "echo out; echo err >&2; read pid comm state ppid pgrp sid rest < /proc/$$/stat; echo $sid"
+)
+
+
+def test_console_is_the_inits_and_the_workloads_stdio(root: Path) -> None:
+    # A regular file for the console (the namespace has no devtmpfs to make an hvc0 in): no
+    # terminal, so nothing to say about a controlling terminal, but the session is the init's.
+    console = root / "console"
+    console.touch()
+    status, out, err = boot(root, [("console", "/console"), *workload("sh", "-c", CONSOLE_SCRIPT)])
+    assert status == POWERED_OFF, err
+    assert out == ""
+    assert "ioperm" in err  # said before the console was taken
+    said = console.read_text()
+    assert said.splitlines()[:3] == ["out", "err", "1"]
+    assert "controlling terminal" not in said + err
+    assert reported(said) == 0  # the init's own messages are on its console
+
+
+def test_console_that_appears_late_is_waited_for(root: Path) -> None:
+    console = root / "console"
+    status, _, err = boot(
+        root,
+        [("console", "/console"), *workload("echo", "late")],
+        before=f"(sleep 0.5; touch {console}) & true",
+    )
+    assert status == POWERED_OFF, err
+    assert console.read_text().startswith("late\n")
+    assert reported(console.read_text()) == 0
+
+
+def test_console_that_never_appears_is_125(root: Path) -> None:
+    status, out, err = boot(root, [("console", "/nothere"), *workload("echo", "ran")])
+    assert status == POWERED_OFF
+    assert "vmrun-init: console /nothere: No such file or directory (waited 5000 ms)" in err
+    assert "ran" not in out
+    assert reported(err) == 125

@@ -165,7 +165,7 @@ RES_END = 0x79  # small item, type 0x0F, 1 byte follows: the checksum (0: not ch
 COM_PORT_SIZE = serial.PORT_COUNT
 I8042_IRQ = 1
 RTC_PORT, RTC_PORT_COUNT = 0x70, 2  # where the builder attaches the CMOS
-RTC_IRQ = 8
+RTC_IRQ = layout.RTC_IRQ
 
 # --- MADT ("APIC") ---------------------------------------------------------------------------
 MADT_SIGNATURE = b"APIC"

@@ -2,9 +2,10 @@
 
 `input = "stdin"` reads vmrun's stdin; a path reads that file (or FIFO). When stdin is a
 terminal, it is put in a character-at-a-time mode without echo or signal keys for the run
-(`terminal_for_guest`): the guest's tty does the line editing and echo, and ^C reaches the
-workload as a byte, as on a serial line. Output processing stays on, so the guest's "\\n"
-still starts a new line on the host's terminal. The settings come back when the VM ends.
+(`runner.terminal.raw_mode`, as for a virtio console): the guest's tty does the line
+editing and echo, and ^C reaches the workload as a byte, as on a serial line. Output
+processing stays on, so the guest's "\\n" still starts a new line on the host's terminal.
+The settings come back when the VM ends.
 
 At the end of input the thread stops: a pipe or a file has nothing more. The end of a named
 FIFO (a path in the VM file) only means no writer for now, so it waits for the next one.
@@ -14,12 +15,9 @@ Nothing outlives the run: the thread polls a wake-up pipe beside its input and i
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import termios
 import threading
-from collections.abc import Iterator
 
 from runner.devices.legacy.serial import Serial8250
 
@@ -79,19 +77,3 @@ class SerialInput:
             data = data[self._uart.receive(data) :]
             if data:
                 self._uart.wait_for_room(ROOM_WAIT_S)
-
-
-@contextlib.contextmanager
-def terminal_for_guest(fd: int) -> Iterator[None]:
-    """While inside: the terminal at `fd` passes each key to the guest (no echo, no line
-    editing, no signal keys, no flow control, CR not turned into NL); restored after."""
-    saved = termios.tcgetattr(fd)
-    mode = termios.tcgetattr(fd)
-    mode[0] &= ~(termios.IXON | termios.ICRNL | termios.INLCR | termios.IGNCR)  # iflag
-    mode[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG | termios.IEXTEN)  # lflag
-    mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
-    termios.tcsetattr(fd, termios.TCSANOW, mode)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSANOW, saved)

@@ -85,6 +85,11 @@ class VirtioBackend(Protocol):
 
     def config(self) -> bytes: ...
 
+    # Changes whenever config() does (virtio 1.2, 4.2.2: ConfigGeneration); the pair must be
+    # replaced as one, so that a driver reading the same generation around its reads of the
+    # configuration saw one state of it.
+    def config_generation(self) -> int: ...
+
     def activate(
         self, queues: Sequence[Virtqueue], notify_fds: Sequence[int], irq_fd: int, status: Cdata
     ) -> None: ...
@@ -195,7 +200,7 @@ class MmioTransport:
             case Reg.STATUS:
                 return self._status | (Status.DEVICE_NEEDS_RESET if self._broken() else 0)
             case Reg.CONFIG_GENERATION:
-                return 0  # no config field ever changes
+                return self._backend.config_generation() & 0xFFFFFFFF
         return 0
 
     def _write_register(self, offset: int, value: int) -> None:

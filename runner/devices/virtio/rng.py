@@ -26,6 +26,9 @@ class VirtioRng:
     def config(self) -> bytes:
         return b""
 
+    def config_generation(self) -> int:
+        return 0  # no configuration, never changed
+
     def activate(
         self, queues: Sequence[Virtqueue], notify_fds: Sequence[int], irq_fd: int, status: Cdata
     ) -> None:
