@@ -126,7 +126,7 @@ def build(resources: VmResources, argv: Sequence[str]) -> Machine:
                 acpi.VirtioMmioWindow(slot.mmio_base, layout.VIRTIO_MMIO_SIZE, slot.irq)
                 for slot in virtio_slots(resources)
             ]
-            writes += acpi.acpi_tables(vcpu_count, not split_irqchip, windows)
+            writes += acpi.acpi_tables(vcpu_count, not split_irqchip, LEGACY_DEVICES, windows)
             writes += smbios.smbios_writes(resources.smbios_oem_strings)
             for gpa, data in writes:
                 _write(memory, gpa, data, "boot tables")
@@ -294,6 +294,24 @@ def _place_initramfs(
     return boot_params.Initrd(address, size)
 
 
+# The PC devices as the DSDT describes them (in hardware-reduced ACPI mode Linux finds their
+# interrupts only there), at the ports and ISA IRQs `_attach_devices` gives them. All four
+# COM ports, as Firecracker: Linux's 8250 driver probes the four legacy addresses anyway, and
+# an absent port reads back 0xff and stays unused; COM1 and COM3 (COM2 and COM4) share an IRQ.
+LEGACY_DEVICES = (
+    *(
+        acpi.LegacyDevice(
+            f"COM{index + 1}", "PNP0501", ((base, serial.PORT_COUNT),), irq, index + 1, True
+        )
+        for index, (base, irq) in enumerate(serial.COM_PORTS)
+    ),
+    acpi.LegacyDevice(
+        "PS2_", "PNP0303", ((i8042.DATA_PORT, 1), (i8042.COMMAND_PORT, 1)), i8042.IRQ
+    ),
+    acpi.LegacyDevice("RTC_", "PNP0B00", ((cmos.PORT, cmos.PORT_COUNT),), layout.RTC_IRQ),
+)
+
+
 def _attach_devices(
     machine: Machine, resources: VmResources, consoles: Sequence[console_plan.ConsolePlan]
 ) -> None:
@@ -312,7 +330,7 @@ def _attach_devices(
     bus.insert(i8042.DATA_PORT, i8042.PORT_SPAN, i8042.I8042(lambda: machine.end(REBOOT)))
     mem = resources.machine.mem_size_mib * layout.MIB
     below = min(mem, layout.MMIO_GAP_START)
-    bus.insert(0x70, 2, cmos.Cmos(below, mem - below))
+    bus.insert(cmos.PORT, cmos.PORT_COUNT, cmos.Cmos(below, mem - below))
     bus.insert(pci_absent.CONFIG_ADDRESS, pci_absent.PORT_SPAN, pci_absent.PciAbsent())
     bus.insert(
         guest_ports.EXIT_PORT,

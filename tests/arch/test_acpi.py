@@ -13,6 +13,7 @@ import pytest
 from guest_area import laid_out
 
 from runner.arch.x86_64 import acpi, boot_params, layout
+from runner.builder import LEGACY_DEVICES  # the devices the DSDT describes
 
 VCPU_COUNTS = [1, 2, 4, 32]
 
@@ -57,7 +58,7 @@ def table(mem: bytes, gpa: int) -> dict[str, Any]:
 
 def chain(vcpus: int) -> dict[str, Any]:
     """RSDP -> XSDT -> (FADT -> DSDT, MADT), each by its address."""
-    mem = memory(acpi.acpi_tables(vcpus))
+    mem = memory(acpi.acpi_tables(vcpus, legacy=LEGACY_DEVICES))
     rsdp_at = find_rsdp(mem)
     raw = read(mem, rsdp_at, 36)
     sig, _checksum, oem, revision, rsdt, length, xsdt_at, _ext = struct.unpack("<8sB6sBIIQB3x", raw)
@@ -143,7 +144,7 @@ def test_every_table_parses_back(vcpus: int) -> None:
 
 
 def test_writes_are_the_tables_at_their_addresses() -> None:
-    writes = acpi.acpi_tables(2)
+    writes = acpi.acpi_tables(2, legacy=LEGACY_DEVICES)
     t = chain(2)
     assert [gpa for gpa, _ in writes][1:] == sorted(t["addresses"])
     assert all(gpa % 16 == 0 for gpa, _ in writes)
@@ -168,11 +169,11 @@ def test_fadt() -> None:
 
 
 def test_x_dsdt_points_at_the_dsdt() -> None:
-    writes = dict(acpi.acpi_tables(1))
+    writes = dict(acpi.acpi_tables(1, legacy=LEGACY_DEVICES))
     fadt = next(d for d in writes.values() if d[:4] == b"FACP")
     (x_dsdt,) = struct.unpack_from("<Q", fadt, 140)
     assert writes[x_dsdt][:4] == b"DSDT"
-    assert writes[x_dsdt] == acpi.dsdt()
+    assert writes[x_dsdt] == acpi.dsdt(LEGACY_DEVICES)
 
 
 @pytest.mark.parametrize("vcpus", VCPU_COUNTS)
@@ -191,8 +192,8 @@ def test_madt(vcpus: int) -> None:
 
 def test_madt_without_a_legacy_pic() -> None:
     """A split irqchip has no 8259: PCAT_COMPAT is clear, the entries are the same."""
-    with_pic = acpi.acpi_tables(2)
-    without = acpi.acpi_tables(2, legacy_pic=False)
+    with_pic = acpi.acpi_tables(2, legacy=LEGACY_DEVICES)
+    without = acpi.acpi_tables(2, legacy_pic=False, legacy=LEGACY_DEVICES)
     assert [gpa for gpa, _ in without] == [gpa for gpa, _ in with_pic]
     assert without[:-1] == with_pic[:-1]  # only the MADT differs
     madt = table(memory(without), without[-1][0])
@@ -242,11 +243,11 @@ def test_pkg_length(content: int, encoded: str) -> None:
 
 @pytest.mark.parametrize("vcpus", [1, 32, acpi.MAX_VCPUS])
 def test_placement(vcpus: int) -> None:
-    writes = acpi.acpi_tables(vcpus)
+    writes = acpi.acpi_tables(vcpus, legacy=LEGACY_DEVICES)
     assert writes[0][0] == layout.ACPI_START
     end = max(gpa + len(data) for gpa, data in writes)
     assert end <= layout.HIMEM_START
-    assert acpi.acpi_size(vcpus) == end - layout.ACPI_START
+    assert acpi.acpi_size(vcpus, LEGACY_DEVICES) == end - layout.ACPI_START
     # Outside the e820 RAM (which ends at the EBDA below 1 MiB), but in the first memory slot.
     ram = boot_params.e820_map(128 * layout.MIB)
     assert not any(e.addr < end and e.end > layout.ACPI_START for e in ram)
@@ -256,13 +257,13 @@ def test_placement(vcpus: int) -> None:
 
 
 def test_32_vcpus_fit_in_a_page() -> None:
-    assert acpi.acpi_size(32) <= 4096
+    assert acpi.acpi_size(32, LEGACY_DEVICES) <= 4096
 
 
 @pytest.mark.parametrize("vcpus", [0, -1, acpi.MAX_VCPUS + 1])
 def test_vcpu_count_out_of_range(vcpus: int) -> None:
     with pytest.raises(acpi.AcpiError):
-        acpi.acpi_tables(vcpus)
+        acpi.acpi_tables(vcpus, legacy=LEGACY_DEVICES)
 
 
 @pytest.mark.skipif(shutil.which("iasl") is None, reason="iasl (acpica-tools) is not installed")

@@ -15,6 +15,7 @@ import pytest
 from guest_area import laid_out
 
 from runner.arch.x86_64 import acpi, boot_params, layout, smbios
+from runner.builder import LEGACY_DEVICES
 
 SAMPLE = ["io.systemd.credential:greeting=hello", "wörld € 日本語 😀", "third"]
 
@@ -254,7 +255,8 @@ def test_no_problem() -> None:
 
 @pytest.mark.parametrize("vcpus", [1, acpi.MAX_VCPUS])
 def test_after_the_acpi_tables(vcpus: int) -> None:
-    acpi_end = max(gpa + len(data) for gpa, data in acpi.acpi_tables(vcpus))
+    tables = acpi.acpi_tables(vcpus, legacy=LEGACY_DEVICES)
+    acpi_end = max(gpa + len(data) for gpa, data in tables)
     for oem in ([], ["x" * (smbios.OEM_ROOM - 1)]):
         for gpa, data in smbios.smbios_writes(oem):
             assert acpi_end <= layout.SMBIOS_START <= gpa

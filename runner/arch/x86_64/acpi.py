@@ -77,7 +77,6 @@ from collections.abc import Sequence
 import attrs
 
 from runner.arch.x86_64 import layout
-from runner.devices.legacy import i8042, serial
 from runner.errors import VmrunError
 
 MAX_VCPUS = 254
@@ -161,11 +160,6 @@ RES_MEMORY32_FIXED = 0x86  # large item, type 0x06, 9 bytes follow
 RES_MEMORY_READ_WRITE = 1 << 0
 RES_END = 0x79  # small item, type 0x0F, 1 byte follows: the checksum (0: not checked)
 
-# The legacy devices vmrun attaches (runner/builder.py) and their ISA IRQs, as on a PC.
-COM_PORT_SIZE = serial.PORT_COUNT
-I8042_IRQ = 1
-RTC_PORT, RTC_PORT_COUNT = 0x70, 2  # where the builder attaches the CMOS
-RTC_IRQ = layout.RTC_IRQ
 
 # --- MADT ("APIC") ---------------------------------------------------------------------------
 MADT_SIGNATURE = b"APIC"
@@ -335,6 +329,19 @@ class VirtioMmioWindow:
     gsi: int
 
 
+@attrs.frozen
+class LegacyDevice:
+    """A PC device as the DSDT describes it: its AML name (4 characters), its EISA id, its
+    I/O port ranges (base, count) and its ISA IRQ (shared when two devices are on it)."""
+
+    name: str
+    hid: str
+    ports: tuple[tuple[int, int], ...]
+    irq: int
+    uid: int | None = None
+    shared: bool = False
+
+
 def _device(name: str, *objects: bytes) -> bytes:
     content = _name_seg(name) + b"".join(objects)
     return bytes([AML_EXT_PREFIX, AML_DEVICE]) + _pkg_length(len(content)) + content
@@ -345,42 +352,18 @@ def _scope(path: bytes, *objects: bytes) -> bytes:
     return bytes([AML_SCOPE]) + _pkg_length(len(content)) + content
 
 
-def dsdt_aml(virtio: Sequence[VirtioMmioWindow] = ()) -> bytes:
-    """Scope(\\_SB) with the legacy devices vmrun attaches: COM1-COM4, the i8042, the RTC,
-    then the `virtio` devices in slot order.
-
-    All four COM ports are described (as Firecracker does): Linux's 8250 driver probes the
-    four legacy addresses anyway, and an absent port reads back 0xff and stays unused. COM1
-    and COM3 (COM2 and COM4) share an IRQ line, so those interrupts are marked shared."""
+def dsdt_aml(legacy: Sequence[LegacyDevice] = (), virtio: Sequence[VirtioMmioWindow] = ()) -> bytes:
+    """Scope(\\_SB) with the `legacy` devices (the builder's: runner/builder.py
+    `LEGACY_DEVICES`), then the `virtio` devices in slot order."""
     devices = []
-    for index, (base, irq) in enumerate(serial.COM_PORTS):
-        devices.append(
-            _device(
-                f"COM{index + 1}",
-                _name("_HID", bytes([AML_DWORD]) + struct.pack("<I", eisa_id("PNP0501"))),
-                _name("_UID", _integer(index + 1)),
-                _name("_CRS", _resource_template(_io(base, COM_PORT_SIZE), _interrupt(irq, True))),
-            )
-        )
-    devices.append(
-        _device(
-            "PS2_",
-            _name("_HID", bytes([AML_DWORD]) + struct.pack("<I", eisa_id("PNP0303"))),
-            _name(
-                "_CRS",
-                _resource_template(
-                    _io(i8042.DATA_PORT, 1), _io(i8042.COMMAND_PORT, 1), _interrupt(I8042_IRQ)
-                ),
-            ),
-        )
-    )
-    devices.append(
-        _device(
-            "RTC_",
-            _name("_HID", bytes([AML_DWORD]) + struct.pack("<I", eisa_id("PNP0B00"))),
-            _name("_CRS", _resource_template(_io(RTC_PORT, RTC_PORT_COUNT), _interrupt(RTC_IRQ))),
-        )
-    )
+    for device in legacy:
+        objects = [_name("_HID", bytes([AML_DWORD]) + struct.pack("<I", eisa_id(device.hid)))]
+        if device.uid is not None:
+            objects.append(_name("_UID", _integer(device.uid)))
+        ports = [_io(base, count) for base, count in device.ports]
+        resources = _resource_template(*ports, _interrupt(device.irq, device.shared))
+        objects.append(_name("_CRS", resources))
+        devices.append(_device(device.name, *objects))
     for index, window in enumerate(virtio):
         devices.append(
             _device(
@@ -399,8 +382,8 @@ def dsdt_aml(virtio: Sequence[VirtioMmioWindow] = ()) -> bytes:
     return _scope(bytes([AML_ROOT]) + _name_seg("_SB_"), *devices)
 
 
-def dsdt(virtio: Sequence[VirtioMmioWindow] = ()) -> bytes:
-    return _table(DSDT_SIGNATURE, DSDT_REVISION, dsdt_aml(virtio))
+def dsdt(legacy: Sequence[LegacyDevice] = (), virtio: Sequence[VirtioMmioWindow] = ()) -> bytes:
+    return _table(DSDT_SIGNATURE, DSDT_REVISION, dsdt_aml(legacy, virtio))
 
 
 def madt(vcpus: int, legacy_pic: bool = True) -> bytes:
@@ -423,18 +406,21 @@ def madt(vcpus: int, legacy_pic: bool = True) -> bytes:
     return _table(MADT_SIGNATURE, MADT_REVISION, b"".join(entries))
 
 
-def acpi_size(vcpus: int) -> int:
+def acpi_size(vcpus: int, legacy: Sequence[LegacyDevice] = ()) -> int:
     """Bytes from ACPI_ADDRESS to the end of the last table for `vcpus` vCPUs."""
-    gpa, data = acpi_tables(vcpus)[-1]
+    gpa, data = acpi_tables(vcpus, legacy=legacy)[-1]
     return gpa + len(data) - ACPI_ADDRESS
 
 
 def acpi_tables(
-    vcpus: int, legacy_pic: bool = True, virtio: Sequence[VirtioMmioWindow] = ()
+    vcpus: int,
+    legacy_pic: bool = True,
+    legacy: Sequence[LegacyDevice] = (),
+    virtio: Sequence[VirtioMmioWindow] = (),
 ) -> list[tuple[int, bytes]]:
     """(guest physical address, bytes) of the RSDP, XSDT, FADT, DSDT and MADT for `vcpus`;
-    `legacy_pic` false for a machine without a dual 8259 (a split irqchip); `virtio` the
-    virtio-mmio devices, in slot order."""
+    `legacy_pic` false for a machine without a dual 8259 (a split irqchip); `legacy` the PC
+    devices and `virtio` the virtio-mmio devices (in slot order) that the builder attaches."""
     if not 1 <= vcpus <= MAX_VCPUS:
         raise AcpiError(f"{vcpus} vCPUs; the MADT describes 1 to {MAX_VCPUS}")
 
@@ -443,7 +429,7 @@ def acpi_tables(
     xsdt_address = _align(ACPI_ADDRESS + RSDP.size)
     fadt_address = _align(xsdt_address + SDT_HEADER.size + 2 * 8)
     dsdt_address = _align(fadt_address + FADT_LENGTH)
-    dsdt_table = dsdt(virtio)
+    dsdt_table = dsdt(legacy, virtio)
     madt_address = _align(dsdt_address + len(dsdt_table))
 
     writes = [

@@ -12,6 +12,7 @@ from collections.abc import Callable
 DATA_PORT = 0x60
 COMMAND_PORT = 0x64  # base 0x60: offsets 0 (data) and 4 (status/command)
 PORT_SPAN = 5
+IRQ = 1  # the keyboard's ISA IRQ, as on a PC (the DSDT says so; no key ever raises it)
 CMD_READ_CTR, CMD_WRITE_CTR = 0x20, 0x60
 CMD_SELF_TEST, CMD_KBD_TEST = 0xAA, 0xAB
 CMD_PULSE_RESET = 0xFE
