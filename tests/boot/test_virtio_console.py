@@ -85,6 +85,15 @@ def test_a_mebibyte_goes_through_both_ways_byte_for_byte(tmp_path: Path) -> None
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(data).digest()
 
 
+def test_kernel_messages_go_to_stderr_never_into_the_workload_s_stdout(tmp_path: Path) -> None:
+    # An emergency (printed whatever the loglevel) goes to the kernel's console, hvc0, whose
+    # output is vmrun's stderr when stdout is not a terminal.
+    script = "echo '<0>vmrun-test: an emergency' > /dev/kmsg; sleep 1; echo out"
+    result = run(vm_file(tmp_path), "--", "/bin/sh", "-c", script)
+    assert (result.returncode, result.stdout) == (0, b"out\n"), result.stderr
+    assert b"vmrun-test: an emergency" in result.stderr
+
+
 def test_no_stdin_reads_as_its_end_at_once(tmp_path: Path) -> None:
     result = run(vm_file(tmp_path), "--", "/bin/sh", "-c", "wc -c", stdin=subprocess.DEVNULL)
     assert (result.returncode, result.stdout.split(), result.stderr) == (0, [b"0"], b"")
@@ -215,6 +224,18 @@ def test_on_a_terminal_the_console_is_hvc0_with_its_size(on_terminal) -> None:
     assert terminal.wait() == 0, terminal.output
     assert b"/dev/hvc0" in terminal.output
     assert b"33 101" in terminal.output
+    assert terminal.attributes() == terminal.before
+
+
+def test_the_window_size_follows_the_terminal(on_terminal) -> None:
+    terminal = on_terminal("/bin/sh", "-c", "echo up; read _; stty size")
+    terminal.read_until(b"up")
+    # The kernel tells the terminal's foreground group (vmrun) with SIGWINCH.
+    fcntl.ioctl(terminal.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
+    time.sleep(2)
+    terminal.type(b"\r")
+    assert terminal.wait() == 0, terminal.output
+    assert b"50 132" in terminal.output.split(b"up", 1)[1]
     assert terminal.attributes() == terminal.before
 
 
