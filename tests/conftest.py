@@ -212,7 +212,10 @@ def _boot_session(
     capture = config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():
         status = subprocess.run(
-            [*host, "--", *inner], cwd=config.rootpath, env={**os.environ, REPORT_ENV: str(report)}
+            [*host, "--", *inner],
+            cwd=config.rootpath,
+            env={**os.environ, REPORT_ENV: str(report)},
+            stdin=subprocess.DEVNULL,  # the boot tests give their VMs stdin themselves
         ).returncode
     reporter.write_sep("=", f"end of the emulated host's session (status {status})")
     if report.exists():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -73,11 +74,24 @@ def stdio_facts(stdin: StdinMode) -> StdioFacts:
     return StdioFacts(terminals, size, raw)
 
 
+def _reads_nothing(fd: int) -> bool:
+    """`fd` is closed or /dev/null."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return True
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+
+
 class InboundPorts:
     """The inbound ports' host side, from listening (before QEMU starts) to closing (after
     it ended); the terminal is raw from entry to exit with `stdin="raw"`."""
 
     def __init__(self, scratch: Path, stdin: StdinMode) -> None:
+        if _reads_nothing(0):
+            # Nothing to carry: the job gets /dev/null itself, and QEMU no socket port (the
+            # boot-test session's host stays as it was before stdin was carried in).
+            stdin = "null"
         self.facts = stdio_facts(stdin)
         self._stdin = stdin
         self._scratch = scratch
