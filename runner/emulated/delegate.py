@@ -15,12 +15,12 @@ from typing import BinaryIO
 
 import runner
 from runner import progress, timings
-from runner.config.devices import AutoVirtioConsole, TtyPort
 from runner.config.fields import PathUse
 from runner.config.load import VmFile
 from runner.config.model import VmResources
 from runner.config.paths import host_paths
 from runner.devices.legacy.serial_output import open_output_file
+from runner.devices.virtio import console_plan
 from runner.emulated import output_ports
 from runner.emulated.host import Outcome, Settings, run_in_host
 from runner.emulated.image import provision
@@ -100,22 +100,12 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
 
 
 def reads_stdin(resources: VmResources) -> bool:
-    """Does a console of the VM read vmrun's stdin? The implicit console does, unless its
-    output goes to a file; so does any console or port whose input (or tty) is `stdin`."""
-    if not resources.disable_implicit_console and resources.console_output is None:
-        return True
+    """Does a console of the VM read vmrun's stdin? A serial console whose input is `stdin`,
+    or a virtio console port (the console plan's answer, which is the same whichever of
+    vmrun's stdio are terminals)."""
     if any(serial.input == "stdin" for serial in resources.serial_consoles):
         return True
-    for console in resources.virtio_consoles:
-        if isinstance(console, AutoVirtioConsole):
-            if console.input == "stdin":
-                return True
-            continue
-        for port in console.ports:
-            source = port.tty if isinstance(port, TtyPort) else port.input
-            if source == "stdin":
-                return True
-    return False
+    return console_plan.reads_stdin(console_plan.console_plans(resources, frozenset()))
 
 
 def host_cpus(vcpus: int) -> int:
