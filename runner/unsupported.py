@@ -12,9 +12,9 @@ import os
 
 from runner.boot.krunfw import KrunfwError, check_library
 from runner.config.checks import memory_fits_kernel_image
-from runner.config.model import InitramfsRoot, VmResources
+from runner.config.model import BlockRoot, FsRoot, VmResources
 from runner.config.problems import Problem
-from runner.config.slots import State, virtio_slots
+from runner.config.slots import KINDS, State, virtio_slots
 
 
 def refusals(resources: VmResources) -> list[Problem]:
@@ -94,8 +94,13 @@ def _library_problem(library: str) -> str | None:
 def not_built_yet(resources: VmResources) -> list[Problem]:
     """What this build cannot run yet, located in the file."""
     problems = []
-    if not isinstance(resources.root, InitramfsRoot):
-        problems.append(Problem(("root",), "only the initramfs root is built yet"))
+    # A root on a device needs that device's kind; its own refusal names the device.
+    root_kind = {FsRoot: "fs", BlockRoot: "block"}.get(type(resources.root))
+    if root_kind is not None and KINDS[root_kind].state is not State.BUILT:
+        what = KINDS[root_kind].what
+        problems.append(
+            Problem(("root",), f"a root on {what} needs {what}, {KINDS[root_kind].state.value}")
+        )
     if resources.dhcp_client:
         problems.append(
             Problem(("dhcp_client",), "dhcp_client needs virtio-net, which is not built yet")

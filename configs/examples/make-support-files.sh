@@ -1,17 +1,29 @@
 #!/bin/sh
 # Remakes the small files the example VM files point at (they are committed; run this only
-# to change them). Needs mkfs.ext4 (e2fsprogs), qemu-img (qemu-utils) and python3.
+# to change them). Needs mkfs.ext4 (e2fsprogs), qemu-img (qemu-utils), apt-get with
+# Debian's package lists, dpkg-deb and python3.
 set -eu
 cd "$(dirname "$0")"
 mkdir -p disks initramfs share
 
-# disks/root.img: a raw 64 KiB disk holding a genuine, empty ext4 file system (no journal:
-# too small for one), for the examples whose root is on a block device.
+# disks/root.img: a raw 8 MiB disk holding an ext4 file system with a minimal userland
+# (Debian's busybox-static and its applets), for the examples whose root is on a block device.
 rm -f disks/root.img
-head -c 65536 /dev/zero > disks/root.img
-E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -O ^has_journal -N 16 -L root \
+tree=$(mktemp -d)
+trap 'rm -rf "$tree"' EXIT
+(cd "$tree" && apt-get download -q busybox-static >/dev/null && dpkg-deb -x busybox-static_*.deb pkg)
+mkdir -p "$tree/root/bin" "$tree/root/dev" "$tree/root/proc" "$tree/root/sys" "$tree/root/tmp" \
+    "$tree/root/mnt" "$tree/root/etc"
+cp "$tree/pkg/bin/busybox" "$tree/root/bin/busybox"
+for applet in $("$tree/root/bin/busybox" --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$tree/root/bin/$applet"
+done
+chmod 1777 "$tree/root/tmp"
+find "$tree/root" -exec touch -h -d @1700000000 {} +
+head -c 8388608 /dev/zero > disks/root.img
+E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -L root -d "$tree/root" \
     -U 1b4e28ba-2fa1-11d2-883f-0016d3cca427 \
-    -E nodiscard,hash_seed=1b4e28ba-2fa1-11d2-883f-0016d3cca428 disks/root.img
+    -E nodiscard,root_owner=0:0,hash_seed=1b4e28ba-2fa1-11d2-883f-0016d3cca428 disks/root.img
 
 # disks/data.qcow2: a blank qcow2 data disk, 1 GiB virtual, a few KiB on the host.
 rm -f disks/data.qcow2

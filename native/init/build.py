@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("init.c", "config.c", "modparams.c")
-HEADERS = ("config.h", "modparams.h", "ports.h")
+SOURCES = ("init.c", "config.c", "modparams.c", "disks.c")
+HEADERS = ("config.h", "disks.h", "modparams.h", "ports.h")
 CFLAGS = (
     "-std=c11", "-static", "-Os", "-Wall", "-Wextra", "-Werror",
     "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-s",

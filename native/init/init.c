@@ -54,6 +54,7 @@
 #endif
 
 #include "config.h"
+#include "disks.h"
 #include "modparams.h"
 #include "ports.h"
 
@@ -479,13 +480,24 @@ static int switch_root(void)
     return 0;
 }
 
+static bool root_switched; /* a disk or share is `/`: made read-only before power-off */
+
 static int setup_root(const struct config *cfg)
 {
     if (cfg->root == ROOT_INITRAMFS)
         return 0;
-    if (mount_root(cfg) < 0)
+    if (mount_root(cfg) < 0 || switch_root() < 0)
         return -1;
-    return switch_root();
+    root_switched = true;
+    return 0;
+}
+
+/* After the sync: a root file system on a disk is left clean (ext4 needs no journal
+ * replay at the next boot, as after a shutdown), and nothing can write to it any more. */
+static void quiesce_root(void)
+{
+    if (root_switched && mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0)
+        say("remount / read-only: %s", strerror(errno));
 }
 
 /* --- stdio ports ----------------------------------------------------------------------------- */
@@ -831,6 +843,8 @@ static int boot_and_run(const char *config_path)
         return EXIT_INIT_FAILED;
     }
     load_modules(&cfg);
+    if (!test_mode)
+        link_disks_by_id(say);
     milestone(MILESTONE_MODULES_LOADED);
     if (!test_mode && cfg.console && take_console(cfg.console) < 0)
         return EXIT_INIT_FAILED;
@@ -888,6 +902,7 @@ int main(int argc, char **argv)
     int status = boot_and_run(CONFIG_PATH);
     end_leftovers();
     sync();
+    quiesce_root();
     /* The VMM ends the VM at the report: let the console's UART send what the workload
      * wrote first (with several vCPUs its interrupt-driven output lags behind the exit). */
     drain_console();

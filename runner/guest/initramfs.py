@@ -19,7 +19,7 @@ from types import ModuleType
 from runner import progress
 from runner.boot.initramfs import Entry, compressed, cpio
 from runner.cache import cache_dir, write_atomically
-from runner.config.model import VmResources
+from runner.config.model import BlockRoot, VmResources
 from runner.errors import VmrunError
 from runner.guest import debian
 from runner.guest.modules import guest_module_paths, modules_archive
@@ -171,10 +171,39 @@ def init_config(
             ("rlimit", f"{name} {limit.soft} {limit.hard}")
             for name, limit in workload.rlimits.items()
         ]
-    lines.append(("root", "initramfs"))
+    lines += _root_lines(resources)
     lines.append(("exec", argv[0]))
     lines += [("arg", arg) for arg in argv[1:]]
     return render_config(lines)
+
+
+def disk_device(index: int) -> str:
+    """The guest's node for the `index`-th disk of `block`: virtio_blk names disks in probe
+    order, which is the order of the file's list (runner/config/slots.py), as Linux's
+    virtblk_name_format does: vda .. vdz, vdaa, ..."""
+    name = ""
+    index += 1
+    while index:
+        index, digit = divmod(index - 1, 26)
+        name = chr(ord("a") + digit) + name
+    return f"/dev/vd{name}"
+
+
+def _root_lines(resources: VmResources) -> list[tuple[str, str]]:
+    root = resources.root
+    if not isinstance(root, BlockRoot):
+        return [("root", "initramfs")]
+    index = next(i for i, disk in enumerate(resources.block) if disk.id == root.id)
+    options = root.options
+    if resources.block[index].read_only and "ro" not in options.split(","):
+        # A read-only disk cannot be mounted read-write (the kernel refuses with EACCES).
+        options = ",".join(filter(None, ("ro", options)))
+    return [
+        ("root", "block"),
+        ("root-device", disk_device(index)),
+        ("root-fstype", root.fs_type),
+        ("root-options", options),
+    ]
 
 
 def guest_initramfs_parts(

@@ -3,8 +3,9 @@
 Debian's cloud kernel (the default) has its virtio drivers as modules, uncompressed; the init
 loads them in the order given here, each after what it depends on (the modules' `depends=`,
 read once when this list was written; the package ships no modules.dep: virtio_mmio,
-virtio-rng and virtio_console need virtio and virtio_ring). virtio_console is loaded only
-for a VM with a virtio console, though the archive always holds it (one archive per kernel).
+virtio-rng, virtio_console and virtio_blk need virtio and virtio_ring). virtio_console is
+loaded only for a VM with a virtio console, virtio_blk only for one with disks, though the
+archive always holds them (one archive per kernel).
 A kernel the file names (kernel.path) or libkrunfw's bundle brings its own drivers, built in
 or in the file's own initramfs: nothing is added for those.
 
@@ -25,12 +26,14 @@ from runner.guest.kernel import default_kernel
 
 # Paths under lib/modules/RELEASE, in load order.
 VIRTIO_CONSOLE_MODULE = "kernel/drivers/char/virtio_console.ko"
+VIRTIO_BLK_MODULE = "kernel/drivers/block/virtio_blk.ko"
 VIRTIO_MODULES = (
     "kernel/drivers/virtio/virtio_ring.ko",
     "kernel/drivers/virtio/virtio.ko",
     "kernel/drivers/virtio/virtio_mmio.ko",
     "kernel/drivers/char/hw_random/virtio-rng.ko",
     VIRTIO_CONSOLE_MODULE,
+    VIRTIO_BLK_MODULE,
 )
 GUEST_DIR = PurePosixPath("vmrun/modules")
 
@@ -50,6 +53,8 @@ def guest_module_paths(resources: VmResources) -> list[str]:
     paths = _guest_paths()
     if not has_virtio_console(resources):
         paths.remove(_guest_path(VIRTIO_CONSOLE_MODULE))
+    if not resources.block:
+        paths.remove(_guest_path(VIRTIO_BLK_MODULE))
     return paths
 
 

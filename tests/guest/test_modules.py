@@ -8,19 +8,26 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from runner.config.devices import AutoVirtioConsole
+from runner.config.devices import AutoVirtioConsole, BlockDevice
 from runner.config.model import KernelConfig, VmResources
 from runner.guest import modules
 from runner.guest.debian import PackageError
 from runner.guest.kernel import default_kernel
 
 CONSOLE = "vmrun/modules/virtio_console.ko"
+BLK = "vmrun/modules/virtio_blk.ko"
 
 
 def test_virtio_console_is_loaded_for_the_implicit_console() -> None:
     paths = modules.guest_module_paths(VmResources())
     assert paths[-1] == CONSOLE
-    assert paths == modules._guest_paths()  # every module in the archive
+    assert paths == [p for p in modules._guest_paths() if p != BLK]
+
+
+def test_virtio_blk_is_loaded_for_a_vm_with_disks() -> None:
+    paths = modules.guest_module_paths(VmResources(block=(BlockDevice(id="d", path="d.img"),)))
+    assert paths == modules._guest_paths()  # every module in the archive, in its order
+    assert paths.index(BLK) > paths.index("vmrun/modules/virtio_mmio.ko")
 
 
 def test_virtio_console_is_loaded_for_a_listed_console() -> None:
@@ -31,7 +38,7 @@ def test_virtio_console_is_loaded_for_a_listed_console() -> None:
 def test_no_virtio_console_without_a_console() -> None:
     paths = modules.guest_module_paths(VmResources(disable_implicit_console=True))
     assert CONSOLE not in paths
-    assert paths == [p for p in modules._guest_paths() if p != CONSOLE]  # the order kept
+    assert paths == [p for p in modules._guest_paths() if p not in (CONSOLE, BLK)]  # order kept
 
 
 def test_a_kernel_of_the_file_brings_its_own_drivers() -> None:
@@ -58,4 +65,4 @@ def test_each_module_comes_after_what_it_depends_on() -> None:
         needs = {name for name in found[1].decode().split(",") if name}
         assert needs <= loaded, f"{path} needs {needs - loaded} loaded before it"
         loaded.add(_module_name(path))
-    assert "virtio_console" in loaded
+    assert {"virtio_console", "virtio_blk"} <= loaded
