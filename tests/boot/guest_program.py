@@ -1,7 +1,10 @@
 """A small C program for the guest, built here and carried in a user initramfs.
 
-The boot tests that play a hostile guest (port_hammer.c, ring_vandal.c) need code that
-busybox has no applet for; the cloud kernel runs static ELF binaries from the initramfs.
+The boot tests that play a hostile guest (port_hammer.c, ring_vandal.c, blk_vandal.c) need
+code that busybox has no applet for; the cloud kernel runs static ELF binaries from the
+initramfs. A program is one source file; what the virtio drivers among them share is
+guest_virtio.h beside them, which gcc finds through `#include "..."` (the source's own
+directory is searched first).
 """
 
 from __future__ import annotations
