@@ -207,3 +207,24 @@ def test_a_guest_flush_syncs_the_image_only_with_writeback(
     calls = [line for line in log.read_text().splitlines() if "sync(" in line]
     assert bool(calls) == syncs, calls
     assert image.read_bytes()[:2] == b"x\n"
+
+
+def test_the_block_example_does_what_its_comment_says(tmp_path: Path) -> None:
+    # configs/examples/block.toml, on copies of its disks (its runs write them): the root
+    # on the ext4 disk, the qcow2 scratch disk formatted, mounted and shown beside it.
+    examples = ROOT / "configs" / "examples"
+    shutil.copytree(examples / "disks", tmp_path / "disks")
+    vm = tmp_path / "block.toml"
+    vm.write_text((examples / "block.toml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "runner", "run", "--host", "kvm", str(vm)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    mounts = {line.split()[-1]: line.split()[0] for line in result.stdout.splitlines()[1:]}
+    assert mounts == {"/": "/dev/vda", "/mnt": "/dev/vdb"}, result.stdout
+    check = subprocess.run(
+        [tool("qemu-img"), "check", str(tmp_path / "disks" / "data.qcow2")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout
