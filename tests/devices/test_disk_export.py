@@ -153,16 +153,46 @@ def test_one_image_may_be_exported_read_only_twice(tmp_path: Path, tmpdir_here: 
         assert first.socket_path != second.socket_path
 
 
-def test_a_tmpdir_too_long_for_a_socket_is_an_error(
+def test_where_tmpdir_takes_no_socket_the_next_place_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_daemon()
+    deep = tmp_path / ("d" * 100)  # a socket path there is over 108 bytes
+    deep.mkdir()
+    fallback = tmp_path / "shm"
+    fallback.mkdir()
+    monkeypatch.setattr(disk_export, "socket_bases", lambda: [str(deep), str(fallback)])
+    image = make_qcow2(tmp_path / "disk.qcow2", MiB)
+    with DiskExport(str(image), disk="block[0]", read_only=False, direct_io=False) as export:
+        assert Path(export.socket_path).parent.parent == fallback
+        assert list(deep.iterdir()) == []  # the first try left nothing behind
+    assert list(fallback.iterdir()) == []
+
+
+def test_with_nowhere_for_the_socket_every_place_tried_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_daemon()
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
-    monkeypatch.setattr("tempfile.tempdir", str(deep))
-    with pytest.raises(DiskExportError, match="too long for a unix socket; set TMPDIR"):
+    absent = tmp_path / "absent"
+    monkeypatch.setattr(disk_export, "socket_bases", lambda: [str(deep), str(absent)])
+    with pytest.raises(DiskExportError) as caught:
         DiskExport(str(tmp_path / "disk.qcow2"), disk="block[0]", read_only=False, direct_io=False)
+    message = str(caught.value)
+    assert message.startswith("block[0]: no directory for qemu-storage-daemon's socket (")
+    assert f"{deep}: too long for a unix socket" in message
+    assert f"{absent}: No such file or directory" in message
+    assert message.endswith("set TMPDIR to a short local directory")
     assert list(deep.iterdir()) == []
+
+
+def test_the_places_for_the_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert disk_export.socket_bases() == [str(tmp_path), "/run/user/1000", "/dev/shm"]
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert disk_export.socket_bases() == [str(tmp_path), "/dev/shm"]
 
 
 def test_a_daemon_that_ignores_sigterm_is_killed(

@@ -9,8 +9,9 @@ The daemon:
 - is vmrun's child in a process group of its own (a Ctrl-C at the terminal reaches vmrun,
   which stops it in order), and dies with vmrun if vmrun is killed (PR_SET_PDEATHSIG);
 - listens on a socket in a private directory (mkdtemp: 0700, this user's only) under
-  $TMPDIR. Inside the emulated KVM host (runner/emulated/host.py) /tmp is read-only and
-  TMPDIR is the job's scratch directory, which is writable;
+  $TMPDIR, else $XDG_RUNTIME_DIR, else /dev/shm: the first that takes a unix socket. Inside
+  the emulated KVM host (runner/emulated/host.py) /tmp is read-only and TMPDIR is the job's
+  scratch directory, writable but on 9p, where bind() fails: the socket goes to /dev/shm;
 - writes its messages to a log in that directory, whose last lines are quoted when it fails
   (a corrupt image, a lock held by another QEMU);
 - is ready once a full NBD handshake with its export succeeds;
@@ -26,13 +27,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runner.errors import VmrunError
+from runner.errors import VmrunError, describe
 from runner.kvm.native import ffi, lib
 
 DAEMON = "qemu-storage-daemon"
@@ -47,6 +49,7 @@ READY_POLL_S = 0.02
 # The daemon flushes and closes the image on SIGTERM: a large dirty cache takes a while.
 STOP_TIMEOUT_S = 10.0
 MESSAGE_TAIL_LINES = 3
+MESSAGE_LIMIT = 600  # characters of the daemon's words in an error message
 PR_SET_PDEATHSIG = 1
 
 
@@ -105,6 +108,51 @@ def find_daemon() -> str:
     return found
 
 
+def socket_bases() -> list[str]:
+    """Where the private directory may go, in order: $TMPDIR (tempfile's choice), then
+    $XDG_RUNTIME_DIR, then /dev/shm (a tmpfs)."""
+    bases = [tempfile.gettempdir(), os.environ.get("XDG_RUNTIME_DIR") or "", "/dev/shm"]
+    return [base for base in dict.fromkeys(bases) if base]
+
+
+def socket_directory(disk: str) -> Path:
+    """A new private directory (mkdtemp: 0700) where a unix socket can be bound, in the first
+    of socket_bases() that takes one. Not every writable directory does: on 9p, as the
+    emulated KVM host's TMPDIR (its scratch directory) is, bind() fails with ENXIO; and a
+    long path does not fit a socket address."""
+    tried = []
+    for base in socket_bases():
+        try:
+            path = Path(tempfile.mkdtemp(prefix="vmrun-disk-", dir=base))
+        except OSError as exc:
+            tried.append(f"{base}: {exc.strerror or exc}")
+            continue
+        problem = _socket_problem(path / SOCKET_NAME)
+        if problem is None:
+            return path
+        shutil.rmtree(path, ignore_errors=True)
+        tried.append(f"{base}: {problem}")
+    raise DiskExportError(
+        f"{disk}: no directory for {DAEMON}'s socket ({'; '.join(tried)}); "
+        "set TMPDIR to a short local directory"
+    )
+
+
+def _socket_problem(path: Path) -> str | None:
+    """Why a unix socket cannot be bound at `path`, or None (the probe is removed)."""
+    if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+        return "too long for a unix socket"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.bind(str(path))
+    except OSError as exc:
+        return f"no unix socket there ({exc.strerror or exc})"
+    finally:
+        probe.close()
+    path.unlink()
+    return None
+
+
 class DiskExport:
     """One qemu-storage-daemon serving one qcow2 disk; `with` it, or close() it.
 
@@ -119,14 +167,9 @@ class DiskExport:
         self._process: subprocess.Popen[bytes] | None = None
         self._argv: list[str] = []
         daemon = find_daemon()
-        self._dir = Path(tempfile.mkdtemp(prefix="vmrun-disk-"))
+        self._dir = socket_directory(disk)
         self.socket_path = str(self._dir / SOCKET_NAME)
         try:
-            if len(os.fsencode(self.socket_path)) > SOCKET_PATH_MAX:
-                raise DiskExportError(
-                    f"{disk}: {self.socket_path}: too long for a unix socket; "
-                    "set TMPDIR to a shorter directory"
-                )
             self._argv = daemon_argv(
                 daemon,
                 os.path.abspath(image),
@@ -134,6 +177,14 @@ class DiskExport:
                 read_only=read_only,
                 direct_io=direct_io,
             )
+            self._start()
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        try:
             with open(self._dir / LOG_NAME, "wb") as log:
                 self._process = subprocess.Popen(
                     self._argv,
@@ -143,10 +194,8 @@ class DiskExport:
                     start_new_session=True,
                     preexec_fn=_die_with_parent(os.getpid()),
                 )
-            self._wait_ready()
-        except BaseException:
-            self.close()
-            raise
+        except OSError as exc:
+            raise DiskExportError(f"{self.disk}: cannot start {DAEMON}: {describe(exc)}") from exc
 
     def __enter__(self) -> DiskExport:
         return self
@@ -174,7 +223,8 @@ class DiskExport:
                 line = line.removeprefix(prefix)
             if line.strip():
                 lines.append(line.strip())
-        return "; ".join(lines)
+        said = "; ".join(lines)
+        return said if len(said) <= MESSAGE_LIMIT else "..." + said[-MESSAGE_LIMIT:]
 
     def _wait_ready(self) -> None:
         assert self._process is not None
