@@ -25,7 +25,9 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "vmrun_kvm.h"
 # The virtio engine and devices' data paths (native/virtio/), declared in cdef order.
-VIRTIO_HEADERS = [HERE.parent / "virtio" / name for name in ("virtqueue.h", "rng.h", "console.h")]
+VIRTIO_HEADERS = [
+    HERE.parent / "virtio" / name for name in ("virtqueue.h", "rng.h", "console.h", "nbd.h")
+]
 # setuptools refuses absolute paths in setup() arguments: these are relative to the project
 # root, the working directory of every build (pip, `python -m build`, setup.py).
 SOURCE_DIR = "native/kvm"
@@ -456,6 +458,15 @@ static const unsigned long KVM_SET_LAPIC;
 #define KVM_CAP_EXIT_HYPERCALL ...
 """
 
+# What the virtio headers use from the C library, declared for cffi (layout from the compiler).
+LIBC_CDEF = """
+struct iovec {
+    void *iov_base;
+    size_t iov_len;
+    ...;
+};
+"""
+
 
 # The C code that cffi's generated module starts with.
 PREAMBLE = """
@@ -464,6 +475,7 @@ PREAMBLE = """
 #include "virtqueue.h"
 #include "rng.h"
 #include "console.h"
+#include "nbd.h"
 
 #define VMRUN_RUN_MEMBER(name) __typeof__(((struct kvm_run *)0)->name)
 typedef VMRUN_RUN_MEMBER(hw) vmrun_run_hw;
@@ -488,6 +500,7 @@ def header_cdef(text: str) -> str:
 ffibuilder = FFI()
 ffibuilder.cdef(KERNEL_CDEF)
 ffibuilder.cdef(header_cdef(HEADER.read_text(encoding="utf-8")))
+ffibuilder.cdef(LIBC_CDEF)
 for header in VIRTIO_HEADERS:
     ffibuilder.cdef(header_cdef(header.read_text(encoding="utf-8")))
 ffibuilder.set_source(
@@ -501,6 +514,7 @@ ffibuilder.set_source(
         f"{VIRTIO_DIR}/console.c",
         f"{VIRTIO_DIR}/console_port.c",
         f"{VIRTIO_DIR}/console_control.c",
+        f"{VIRTIO_DIR}/nbd.c",
     ],
     include_dirs=[SOURCE_DIR, VIRTIO_DIR],
     depends=[
@@ -510,6 +524,7 @@ ffibuilder.set_source(
         f"{VIRTIO_DIR}/console.h",
         f"{VIRTIO_DIR}/console_internal.h",
         f"{VIRTIO_DIR}/worker.h",
+        f"{VIRTIO_DIR}/nbd.h",
     ],
     # Type mismatches between a declaration above and the real header are errors, not
     # warnings that scroll past in pip's output.
