@@ -25,7 +25,9 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "vmrun_kvm.h"
 # The virtio engine and devices' data paths (native/virtio/), declared in cdef order.
-VIRTIO_HEADERS = [HERE.parent / "virtio" / name for name in ("virtqueue.h", "rng.h", "console.h", "balloon.h")]
+VIRTIO_HEADERS = [
+    HERE.parent / "virtio" / name for name in ("virtqueue.h", "rng.h", "console.h", "balloon.h")
+]
 # setuptools refuses absolute paths in setup() arguments: these are relative to the project
 # root, the working directory of every build (pip, `python -m build`, setup.py).
 SOURCE_DIR = "native/kvm"

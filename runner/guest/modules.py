@@ -3,8 +3,9 @@
 Debian's cloud kernel (the default) has its virtio drivers as modules, uncompressed; the init
 loads them in the order given here, each after what it depends on (the modules' `depends=`,
 read once when this list was written; the package ships no modules.dep: virtio_mmio,
-virtio-rng and virtio_console need virtio and virtio_ring). virtio_console is loaded only
-for a VM with a virtio console, though the archive always holds it (one archive per kernel).
+virtio_balloon, virtio-rng and virtio_console need virtio and virtio_ring). virtio_console is
+loaded only for a VM with a virtio console, though the archive always holds it (one archive
+per kernel).
 A kernel the file names (kernel.path) or libkrunfw's bundle brings its own drivers, built in
 or in the file's own initramfs: nothing is added for those.
 
@@ -29,6 +30,7 @@ VIRTIO_MODULES = (
     "kernel/drivers/virtio/virtio_ring.ko",
     "kernel/drivers/virtio/virtio.ko",
     "kernel/drivers/virtio/virtio_mmio.ko",
+    "kernel/drivers/virtio/virtio_balloon.ko",
     "kernel/drivers/char/hw_random/virtio-rng.ko",
     VIRTIO_CONSOLE_MODULE,
 )
