@@ -41,6 +41,7 @@ from runner.devices.ioapic import IoApic
 from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, serial_input
 from runner.devices.legacy.serial_output import SerialOutput, open_output_file
 from runner.devices.virtio import console_plan
+from runner.devices.virtio.balloon import VirtioBalloon
 from runner.devices.virtio.console_endpoints import build_console
 from runner.devices.virtio.interrupt import InterruptLine
 from runner.devices.virtio.mmio import MmioTransport, VirtioBackend
@@ -362,6 +363,7 @@ VIRTIO_BACKENDS: dict[
 ] = {
     "console": _console,
     "rng": lambda _machine, _slot, _consoles: VirtioRng(),
+    "balloon": lambda _machine, _slot, _consoles: VirtioBalloon(),
 }
 
 

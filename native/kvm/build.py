@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 HEADER = HERE / "vmrun_kvm.h"
 # The virtio engine and devices' data paths (native/virtio/), declared in cdef order.
 VIRTIO_HEADERS = [
-    HERE.parent / "virtio" / name for name in ("virtqueue.h", "rng.h", "console.h", "nbd.h")
+    HERE.parent / "virtio" / name
+    for name in ("virtqueue.h", "rng.h", "console.h", "balloon.h", "nbd.h")
 ]
 # setuptools refuses absolute paths in setup() arguments: these are relative to the project
 # root, the working directory of every build (pip, `python -m build`, setup.py).
@@ -475,6 +476,7 @@ PREAMBLE = """
 #include "virtqueue.h"
 #include "rng.h"
 #include "console.h"
+#include "balloon.h"
 #include "nbd.h"
 
 #define VMRUN_RUN_MEMBER(name) __typeof__(((struct kvm_run *)0)->name)
@@ -514,6 +516,7 @@ ffibuilder.set_source(
         f"{VIRTIO_DIR}/console.c",
         f"{VIRTIO_DIR}/console_port.c",
         f"{VIRTIO_DIR}/console_control.c",
+        f"{VIRTIO_DIR}/balloon.c",
         f"{VIRTIO_DIR}/nbd.c",
     ],
     include_dirs=[SOURCE_DIR, VIRTIO_DIR],
@@ -523,6 +526,7 @@ ffibuilder.set_source(
         f"{VIRTIO_DIR}/rng.h",
         f"{VIRTIO_DIR}/console.h",
         f"{VIRTIO_DIR}/console_internal.h",
+        f"{VIRTIO_DIR}/balloon.h",
         f"{VIRTIO_DIR}/worker.h",
         f"{VIRTIO_DIR}/nbd.h",
     ],

@@ -61,11 +61,14 @@ def _one(section: str) -> Callable[[VmResources], Sequence[tuple[object, Path]]]
     return devices
 
 
-# In slot order (the console first, as libkrun attaches it; the implicit rng after it).
+# In slot order (the console first, as libkrun attaches it; the implicit rng and balloon
+# after it: the rng first, so that without a console it is the DSDT's first window).
 DEVICE_KINDS = (
     DeviceKind("console", "virtio console", State.BUILT, _consoles),
     # Implicit, as in libkrun: every guest gets an entropy source it can trust.
     DeviceKind("rng", "virtio-rng", State.BUILT, lambda r: [(None, ())]),
+    # Implicit, as in libkrun: the guest reports its free pages, which the host takes back.
+    DeviceKind("balloon", "virtio-balloon", State.BUILT, lambda r: [(None, ())]),
     DeviceKind(
         "fs", "virtio-fs", State.NOT_BUILT_YET, _listed("fs"), ("fs",),
         "virtio-fs is not built yet",

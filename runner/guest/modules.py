@@ -3,9 +3,9 @@
 Debian's cloud kernel (the default) has its virtio drivers as modules, uncompressed; the init
 loads them in the order given here, each after what it depends on (the modules' `depends=`,
 read once when this list was written; the package ships no modules.dep: virtio_mmio,
-virtio-rng, virtio_console and virtio_blk need virtio and virtio_ring). virtio_console is
-loaded only for a VM with a virtio console, virtio_blk only for one with disks, though the
-archive always holds them (one archive per kernel).
+virtio_balloon, virtio-rng, virtio_console and virtio_blk need virtio and virtio_ring).
+virtio_console is loaded only for a VM with a virtio console, virtio_blk only for one with
+disks, though the archive always holds them (one archive per kernel).
 A kernel the file names (kernel.path) or libkrunfw's bundle brings its own drivers, built in
 or in the file's own initramfs: nothing is added for those.
 
@@ -31,6 +31,7 @@ VIRTIO_MODULES = (
     "kernel/drivers/virtio/virtio_ring.ko",
     "kernel/drivers/virtio/virtio.ko",
     "kernel/drivers/virtio/virtio_mmio.ko",
+    "kernel/drivers/virtio/virtio_balloon.ko",
     "kernel/drivers/char/hw_random/virtio-rng.ko",
     VIRTIO_CONSOLE_MODULE,
     VIRTIO_BLK_MODULE,

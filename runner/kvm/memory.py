@@ -141,6 +141,12 @@ class GuestMemory:
         belongs to this object; after `close` it lists no region."""
         return self._table, len(self._regions)
 
+    def allocated_bytes(self) -> int:
+        """Host memory the guest's RAM holds now: the memfd's allocated blocks (pages never
+        touched, or given back by the balloon, hold none)."""
+        self._check_open()
+        return os.fstat(self._fd).st_blocks * 512
+
     # ---- THE checked accessor --------------------------------------------------------------
 
     def _locate(self, gpa: int, length: int) -> tuple[mmap.mmap, int]:

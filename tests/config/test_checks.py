@@ -588,8 +588,8 @@ def test_twenty_block_devices_are_too_many(write_vm, tmp_path: Path) -> None:
     sized(tmp_path / "disk.img", 4096)
     path = write_vm(_disks(20))
     message = (
-        "22 virtio devices (1 console, 1 rng, 20 block) but only 18 interrupt lines "
-        "(IRQ 5-23 but the RTC's 8)"
+        "23 virtio devices (1 console, 1 rng, 1 balloon, 20 block) but only 18 interrupt "
+        "lines (IRQ 5-23 but the RTC's 8)"
     )
     assert problems(path) == [("(document)", message)]
     assert lines(path) == [f"{path}:1:1: (document): {message}"]
@@ -601,24 +601,26 @@ def test_interrupt_budget_lists_every_kind(write_vm, tmp_path: Path) -> None:
     assert problems(path) == [
         (
             "(document)",
-            "22 virtio devices (1 console, 1 rng, 18 block, 1 vsock, 1 snd) but only 18 "
-            "interrupt lines (IRQ 5-23 but the RTC's 8)",
+            "23 virtio devices (1 console, 1 rng, 1 balloon, 18 block, 1 vsock, 1 snd) but "
+            "only 18 interrupt lines (IRQ 5-23 but the RTC's 8)",
         )
     ]
 
 
 def test_eighteen_virtio_devices_fit(write_vm, tmp_path: Path) -> None:
     sized(tmp_path / "disk.img", 4096)
-    passes(write_vm(_disks(16)))  # with the implicit console and rng: 18
-    passes(write_vm("disable_implicit_console = true\n" + _disks(17)))
-    assert problems(write_vm("disable_implicit_console = true\n" + _disks(18)))
+    passes(write_vm(_disks(15)))  # with the implicit console, rng and balloon: 18
+    assert problems(write_vm(_disks(16)))
+    passes(write_vm("disable_implicit_console = true\n" + _disks(16)))
+    assert problems(write_vm("disable_implicit_console = true\n" + _disks(17)))
 
 
 # --- command_line ----------------------------------------------------------------------------
 
 
-# No console and only the implicit rng: the command line is the prolog and the rng's entry.
-RNG_ENTRY = " virtio_mmio.device=4K@0xd0000000:5"
+# No console, only the implicit rng and balloon: the command line is the prolog and their
+# entries.
+RNG_ENTRY = " virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"
 
 
 def _bare_cmdline(prolog: str) -> str:
@@ -637,7 +639,8 @@ def test_command_line_too_long(write_vm) -> None:
 
 def test_command_line_counts_bytes(write_vm) -> None:
     # Characters of two bytes each: 2048 bytes in all, fewer characters.
-    path = write_vm(_bare_cmdline("é" * ((2048 - len(RNG_ENTRY)) // 2) + "x"))
+    room = 2048 - len(RNG_ENTRY)
+    path = write_vm(_bare_cmdline("é" * (room // 2) + "x" * (room % 2)))
     assert problems(path)[0][1].startswith("the composed kernel command line is 2048 bytes;")
 
 

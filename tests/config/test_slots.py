@@ -29,21 +29,31 @@ def test_slots_come_in_the_table_s_order_each_with_its_own_config(write_vm, tmp_
     )
     slots = virtio_slots(vm.resources)
     assert [(s.kind.name, s.index, s.slot) for s in slots] == [
-        ("console", 0, 0), ("rng", 0, 1), ("block", 0, 2), ("block", 1, 3), ("vsock", 0, 4)
+        ("console", 0, 0), ("rng", 0, 1), ("balloon", 0, 2), ("block", 0, 3), ("block", 1, 4),
+        ("vsock", 0, 5),
     ]  # fmt: skip
-    console, rng, first, second, vsock = slots
+    console, rng, balloon, first, second, vsock = slots
     assert (console.config, console.where) == (None, ("disable_implicit_console",))
     assert (rng.config, rng.where) == (None, ())
+    assert (balloon.config, balloon.where) == (None, ())
     assert (first.config.id, first.where) == ("a", ("block", 0))
     assert (second.config.id, second.where) == ("b", ("block", 1))
     assert (vsock.config.guest_cid, vsock.where) == (3, ("vsock",))
-    assert [s.mmio_base for s in slots] == [0xD000_0000 + 0x1000 * n for n in range(5)]
-    assert [s.irq for s in slots] == [5, 6, 7, 9, 10]  # not 8: the RTC's
+    assert [s.mmio_base for s in slots] == [0xD000_0000 + 0x1000 * n for n in range(6)]
+    assert [s.irq for s in slots] == [5, 6, 7, 9, 10, 11]  # not 8: the RTC's
+
+
+def test_without_a_console_the_rng_has_the_first_window(write_vm) -> None:
+    # Boot tests unbind the rng's driver by its platform device, the DSDT's first window.
+    vm = passes(write_vm("disable_implicit_console = true\n"))
+    assert [(s.kind.name, s.slot) for s in virtio_slots(vm.resources)] == [
+        ("rng", 0), ("balloon", 1)
+    ]  # fmt: skip
 
 
 def test_the_builder_builds_exactly_the_kinds_the_table_calls_built() -> None:
     built = {kind.name for kind in DEVICE_KINDS if kind.state is State.BUILT}
-    assert built == set(builder.VIRTIO_BACKENDS) == {"console", "rng"}
+    assert built == set(builder.VIRTIO_BACKENDS) == {"console", "rng", "balloon"}
 
 
 def test_every_kind_not_built_is_refused_where_the_file_declares_it(write_vm) -> None:

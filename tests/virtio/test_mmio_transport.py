@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from driver import Driver, Heap, Rings
@@ -15,7 +15,8 @@ from runner.devices.virtio.interrupt import InterruptLine
 from runner.devices.virtio.mmio import MAGIC, VENDOR_ID, MmioTransport, Reg, Status
 from runner.devices.virtio.rng import QUEUE_SIZE, VirtioRng
 from runner.kvm.memory import GuestMemory
-from runner.kvm.native import ffi, lib
+from runner.kvm.native import Cdata, ffi, lib
+from runner.virtio.queue import Virtqueue
 
 BASE = 0xD000_0000
 RINGS = Rings.packed(QUEUE_SIZE, 0x1000)
@@ -263,3 +264,98 @@ def test_a_relayed_line_raises_one_edge_per_wake_up() -> None:
         assert edges == [1] and status[0] == lib.VMRUN_VIRTIO_INT_USED
     finally:
         line.close()
+
+
+class TwoModes:
+    """A device of three queues whose third belongs to a feature (bit 5), with one writable
+    config byte range: the transport's optional hooks, recorded."""
+
+    device_id = 42
+    features = 1 << 5
+    queue_sizes = (QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE)
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, bytes]] = []
+        self.activated: list[tuple[int, int]] = []  # (queues, notify fds) handed over
+
+    def config(self) -> bytes:
+        return bytes(range(8))
+
+    def config_generation(self) -> int:
+        return 7
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        self.writes.append((offset, data))
+
+    def queues_needed(self, features: int) -> int:
+        return 3 if features >> 5 & 1 else 2
+
+    def activate(
+        self, queues: Sequence[Virtqueue], notify_fds: Sequence[int], irq_fd: int, status: Cdata
+    ) -> None:
+        self.activated.append((len(queues), len(notify_fds)))
+
+    def reset(self) -> None:
+        pass
+
+
+@pytest.fixture
+def two_modes(memory: GuestMemory) -> Iterator[Guest]:
+    vm = FakeVm()
+    irq = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    line = InterruptLine(irq, lambda: os.close(irq))
+    transport = MmioTransport(TwoModes(), memory, vm, BASE, line)  # type: ignore[arg-type]
+    yield Guest(transport, vm, line)
+    transport.close()
+
+
+def set_up_queues(guest: Guest, count: int) -> None:
+    for index in range(count):
+        guest.write(Reg.QUEUE_SEL, index)
+        guest.write(Reg.QUEUE_NUM, 16)
+        rings = Rings.packed(16, 0x1000 + 0x1000 * index)
+        for low, value in (
+            (Reg.QUEUE_DESC_LOW, rings.desc),
+            (Reg.QUEUE_DRIVER_LOW, rings.avail),
+            (Reg.QUEUE_DEVICE_LOW, rings.used),
+        ):
+            guest.write(low, value)
+        guest.write(Reg.QUEUE_READY, 1)
+
+
+@pytest.mark.parametrize(("features", "queues"), [(VERSION_1, 2), (VERSION_1 | 1 << 5, 3)])
+def test_the_device_says_which_queues_the_features_need(
+    two_modes: Guest, features: int, queues: int
+) -> None:
+    two_modes.negotiate(features)
+    set_up_queues(two_modes, queues)
+    two_modes.driver_ok()
+    assert not two_modes.read(Reg.STATUS) & Status.DEVICE_NEEDS_RESET
+    assert two_modes.transport.backend.activated == [(queues, queues)]
+
+
+def test_a_queue_the_features_need_is_still_needed(two_modes: Guest) -> None:
+    two_modes.negotiate(VERSION_1 | 1 << 5)
+    set_up_queues(two_modes, 2)
+    two_modes.driver_ok()
+    assert two_modes.read(Reg.STATUS) & Status.DEVICE_NEEDS_RESET
+    assert two_modes.transport.backend.activated == []
+
+
+def test_config_writes_reach_a_device_that_takes_them(two_modes: Guest) -> None:
+    transport = two_modes.transport
+    transport.write(Reg.CONFIG + 4, 4, 0x11223344)
+    transport.write(Reg.CONFIG + 1, 1, 0x1FF)  # a byte: only its byte
+    transport.write(Reg.CONFIG + 2, 2, 0xBEEF)
+    assert transport.backend.writes == [
+        (4, bytes.fromhex("44332211")),
+        (1, b"\xff"),
+        (2, bytes.fromhex("efbe")),
+    ]
+    assert transport.read(Reg.CONFIG_GENERATION, 4) == 7
+
+
+def test_config_writes_to_a_device_without_writable_fields_are_ignored(guest: Guest) -> None:
+    guest.transport.write(Reg.CONFIG, 4, 0x12345678)  # the rng has no configuration
+    assert guest.transport.read(Reg.CONFIG, 4) == 0
+    assert guest.read(Reg.MAGIC_VALUE) == MAGIC

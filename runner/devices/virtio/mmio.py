@@ -97,6 +97,15 @@ class VirtioBackend(Protocol):
     def reset(self) -> None: ...
 
 
+# Optional, on a backend that has them:
+#   write_config(offset, data): the driver wrote `data` at `offset` of the configuration space
+#     (a device whose every field is read-only has none: such writes are ignored). The driver's
+#     own write is not a change the device made, so ConfigGeneration stays as it is.
+#   queues_needed(features) -> int: how many queues, from index 0, the device uses with the
+#     negotiated features (a queue of a feature not negotiated gets no index: Linux's
+#     virtio_mmio numbers only the queues a driver asks for). Without it: every queue.
+
+
 @attrs.define
 class _QueueRegs:
     size: int
@@ -169,8 +178,15 @@ class MmioTransport:
             return self._read_register(offset)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if offset >= Reg.CONFIG or size != 4 or offset % 4:
-            return  # no device here has a writable config field
+        if offset >= Reg.CONFIG:
+            write_config = getattr(self._backend, "write_config", None)
+            if write_config is not None and size in (1, 2, 4, 8):
+                write_config(
+                    offset - Reg.CONFIG, (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+                )
+            return
+        if size != 4 or offset % 4:
+            return  # the driver must use aligned 32-bit accesses (4.2.2.2)
         with self._lock:
             self._write_register(offset, value)
 
@@ -260,9 +276,15 @@ class MmioTransport:
         wanted = self._driver_features
         return wanted & ~self._device_features == 0 and bool(wanted >> Feature.VERSION_1 & 1)
 
+    def _queues_needed(self) -> int:
+        needed = getattr(self._backend, "queues_needed", None)
+        count = len(self._queues) if needed is None else needed(self._driver_features)
+        return min(count, len(self._queues))
+
     def _activate(self) -> None:
+        needed = self._queues[: self._queues_needed()]
         queues = []
-        for regs in self._queues:
+        for regs in needed:
             if not regs.ready:
                 continue
             rings = (regs.desc, regs.driver, regs.device)
@@ -271,11 +293,12 @@ class MmioTransport:
             except QueueBroken as exc:
                 self._fail(str(exc))
                 return
-        if len(queues) != len(self._queues):
+        if len(queues) != len(needed):
             self._fail("DRIVER_OK with a queue not enabled")
             return
         self._active = queues
-        self._backend.activate(queues, self._notify_fds, self._line.fd, self._interrupt_status)
+        notify_fds = self._notify_fds[: len(queues)]
+        self._backend.activate(queues, notify_fds, self._line.fd, self._interrupt_status)
 
     def _broken(self) -> bool:
         return self._needs_reset or any(queue.broken for queue in self._active)
