@@ -91,9 +91,19 @@ def _library_problem(library: str) -> str | None:
     return None
 
 
+# The builder says the same if it meets one (runner/builder.py `_block`).
+QCOW2_NOT_BUILT = (
+    "qcow2 images are not built yet: they come with the NBD client (qemu-storage-daemon); "
+    "raw images and block devices are"
+)
+
+
 def not_built_yet(resources: VmResources) -> list[Problem]:
     """What this build cannot run yet, located in the file."""
     problems = []
+    for index, disk in enumerate(resources.block):
+        if disk.format == "qcow2":
+            problems.append(Problem(("block", index), QCOW2_NOT_BUILT))
     if not isinstance(resources.root, InitramfsRoot):
         problems.append(Problem(("root",), "only the initramfs root is built yet"))
     if resources.dhcp_client:

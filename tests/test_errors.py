@@ -138,13 +138,15 @@ def test_vmrun_debug_shows_the_traceback(
 def test_a_refused_file_is_refused_before_the_emulated_host(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    # Refusals (here a virtio-blk disk, not built yet) come before any host is booted.
-    disk = tmp_path / "disk.img"
+    # Refusals (here a qcow2 disk, not built yet) come before any host is booted.
+    disk = tmp_path / "disk.qcow2"
     disk.write_bytes(bytes(4096))
     vm = tmp_path / "vm.toml"
-    vm.write_text(f'[[block]]\nid = "d"\npath = "{disk}"\n[workload]\nexec = "/bin/true"\n')
+    vm.write_text(
+        f'[[block]]\nid = "d"\npath = "{disk}"\nformat = "qcow2"\n[workload]\nexec = "/bin/true"\n'
+    )
     monkeypatch.setattr(
         "runner.guest.provision.provision_guest", _raiser(AssertionError("provisioned"))
     )
     assert cli.main(["run", "--host", "emulated", str(vm)]) == 125
-    assert ": block: virtio-blk is not built yet" in capsys.readouterr().err
+    assert ": block[0]: qcow2 images are not built yet" in capsys.readouterr().err

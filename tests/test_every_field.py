@@ -88,7 +88,7 @@ SAMPLES = {
         [[block]]
         id = "disk"
         path = "{d}/disk"
-        format = "qcow2"
+        format = "raw"
         read_only = true
         cache = "unsafe"
         sync = "none"
@@ -129,6 +129,14 @@ SAMPLES = {
         displays = [{ width = 640, height = 480, refresh_rate = 30 }]
         [[input_backends]]
         device = "/dev/null"  # a character device, as an evdev is
+        [workload]
+        exec = "/bin/true"
+    """,
+    "qcow2": """
+        [[block]]
+        id = "disk"
+        path = "{d}/disk"
+        format = "qcow2"
         [workload]
         exec = "/bin/true"
     """,

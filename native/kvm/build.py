@@ -25,7 +25,9 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "vmrun_kvm.h"
 # The virtio engine and devices' data paths (native/virtio/), declared in cdef order.
-VIRTIO_HEADERS = [HERE.parent / "virtio" / name for name in ("virtqueue.h", "rng.h", "console.h")]
+VIRTIO_HEADERS = [
+    HERE.parent / "virtio" / name for name in ("virtqueue.h", "rng.h", "console.h", "blk.h")
+]
 # setuptools refuses absolute paths in setup() arguments: these are relative to the project
 # root, the working directory of every build (pip, `python -m build`, setup.py).
 SOURCE_DIR = "native/kvm"
@@ -464,6 +466,7 @@ PREAMBLE = """
 #include "virtqueue.h"
 #include "rng.h"
 #include "console.h"
+#include "blk.h"
 
 #define VMRUN_RUN_MEMBER(name) __typeof__(((struct kvm_run *)0)->name)
 typedef VMRUN_RUN_MEMBER(hw) vmrun_run_hw;
@@ -501,6 +504,9 @@ ffibuilder.set_source(
         f"{VIRTIO_DIR}/console.c",
         f"{VIRTIO_DIR}/console_port.c",
         f"{VIRTIO_DIR}/console_control.c",
+        f"{VIRTIO_DIR}/blk.c",
+        f"{VIRTIO_DIR}/blk_request.c",
+        f"{VIRTIO_DIR}/blk_disk_file.c",
     ],
     include_dirs=[SOURCE_DIR, VIRTIO_DIR],
     depends=[
@@ -510,6 +516,9 @@ ffibuilder.set_source(
         f"{VIRTIO_DIR}/console.h",
         f"{VIRTIO_DIR}/console_internal.h",
         f"{VIRTIO_DIR}/worker.h",
+        f"{VIRTIO_DIR}/blk.h",
+        f"{VIRTIO_DIR}/blk_disk.h",
+        f"{VIRTIO_DIR}/blk_internal.h",
     ],
     # Type mismatches between a declaration above and the real header are errors, not
     # warnings that scroll past in pip's output.
