@@ -43,7 +43,7 @@ def test_slots_come_in_the_table_s_order_each_with_its_own_config(write_vm, tmp_
 
 def test_the_builder_builds_exactly_the_kinds_the_table_calls_built() -> None:
     built = {kind.name for kind in DEVICE_KINDS if kind.state is State.BUILT}
-    assert built == set(builder.VIRTIO_BACKENDS) == {"console", "rng"}
+    assert built == set(builder.VIRTIO_BACKENDS) == {"block", "console", "rng"}
 
 
 def test_every_kind_not_built_is_refused_where_the_file_declares_it(write_vm) -> None:
