@@ -33,6 +33,7 @@ from runner.arch.x86_64 import (
 )
 from runner.boot import bzimage, cmdline, krunfw
 from runner.boot.loader import KernelImageError, LoadedKernel, load_kernel
+from runner.config.devices import BlockDevice
 from runner.config.model import VmResources
 from runner.config.slots import VirtioSlot, virtio_slots
 from runner.devices.bus import IoBus
@@ -42,6 +43,7 @@ from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, 
 from runner.devices.legacy.serial_output import SerialOutput, open_output_file
 from runner.devices.virtio import console_plan
 from runner.devices.virtio.balloon import VirtioBalloon
+from runner.devices.virtio.blk import Qcow2Disk, RawDisk, VirtioBlk
 from runner.devices.virtio.console_endpoints import build_console
 from runner.devices.virtio.interrupt import InterruptLine
 from runner.devices.virtio.mmio import MmioTransport, VirtioBackend
@@ -357,6 +359,25 @@ def _console(
     return console
 
 
+def _block(
+    machine: Machine, slot: VirtioSlot, _consoles: Sequence[console_plan.ConsolePlan]
+) -> VirtioBackend:
+    config = slot.config
+    assert isinstance(config, BlockDevice)
+    # Where the sectors come from, by format: the one place a kind of disk is chosen.
+    disk = (
+        Qcow2Disk(config, f"block[{slot.index}]") if config.format == "qcow2" else RawDisk(config)
+    )
+    try:
+        device = VirtioBlk(config, disk)
+    except BaseException:
+        disk.close()
+        raise
+    # Closed after the transport (registered after this), whose close stops the worker.
+    machine.resources.callback(device.close)
+    return device
+
+
 # The built device kinds (State.BUILT in runner/config/slots.py): each slot's backend.
 VIRTIO_BACKENDS: dict[
     str, Callable[[Machine, VirtioSlot, Sequence[console_plan.ConsolePlan]], VirtioBackend]
@@ -364,6 +385,7 @@ VIRTIO_BACKENDS: dict[
     "console": _console,
     "rng": lambda _machine, _slot, _consoles: VirtioRng(),
     "balloon": lambda _machine, _slot, _consoles: VirtioBalloon(),
+    "block": _block,
 }
 
 

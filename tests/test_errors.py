@@ -138,13 +138,14 @@ def test_vmrun_debug_shows_the_traceback(
 def test_a_refused_file_is_refused_before_the_emulated_host(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    # Refusals (here a virtio-blk disk, not built yet) come before any host is booted.
-    disk = tmp_path / "disk.img"
-    disk.write_bytes(bytes(4096))
+    # Refusals (here a virtio-net interface, not built yet) come before any host is booted.
     vm = tmp_path / "vm.toml"
-    vm.write_text(f'[[block]]\nid = "d"\npath = "{disk}"\n[workload]\nexec = "/bin/true"\n')
+    vm.write_text(
+        '[[net]]\nid = "n"\nbackend = { type = "tap", tap_name = "tap0" }\n'
+        + '[workload]\nexec = "/bin/true"\n'
+    )
     monkeypatch.setattr(
         "runner.guest.provision.provision_guest", _raiser(AssertionError("provisioned"))
     )
     assert cli.main(["run", "--host", "emulated", str(vm)]) == 125
-    assert ": block: virtio-blk is not built yet" in capsys.readouterr().err
+    assert ": net: virtio-net is not built yet" in capsys.readouterr().err

@@ -10,6 +10,7 @@ the refusals of `runner.unsupported` are taken; where there are none, the machin
 
 from __future__ import annotations
 
+import subprocess
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,7 +89,7 @@ SAMPLES = {
         [[block]]
         id = "disk"
         path = "{d}/disk"
-        format = "qcow2"
+        format = "raw"
         read_only = true
         cache = "unsafe"
         sync = "none"
@@ -129,6 +130,14 @@ SAMPLES = {
         displays = [{ width = 640, height = 480, refresh_rate = 30 }]
         [[input_backends]]
         device = "/dev/null"  # a character device, as an evdev is
+        [workload]
+        exec = "/bin/true"
+    """,
+    "qcow2": """
+        [[block]]
+        id = "disk"
+        path = "{d}/disk.qcow2"
+        format = "qcow2"
         [workload]
         exec = "/bin/true"
     """,
@@ -223,6 +232,10 @@ def sample_dir(tmp_path: Path) -> Path:
     (tmp_path / "bzImage").write_bytes(fake_bzimage())
     for name in ("input", "initrd", "qboot", "firmware", "disk"):
         (tmp_path / name).write_bytes(bytes(65536 if name == "qboot" else 512))
+    # A qcow2 disk is built for real: qemu-storage-daemon serves it (scripts/setup installs
+    # qemu-img with it).
+    qcow2 = ["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "disk.qcow2"), "1M"]
+    subprocess.run(qcow2, check=True)
     return tmp_path
 
 

@@ -20,7 +20,8 @@ G_AVAIL_IDX, G_RING, G_DESC, G_ADD, G_FLAGS, G_BYTES, CYCLE = range(7, 14)
 
 NEXT, WRITE, INDIRECT = 1, 2, 4
 F_INDIRECT, F_EVENT_IDX, F_VERSION_1 = 1, 2, 4  # the harness's feature byte
-READABLE, WRITABLE, BOTH = 0, 1, 2  # the directions byte: 1 + value % 3
+READABLE, WRITABLE, BOTH = 0, 1, 2  # the directions byte: 1 + (value & 127) % 3
+KEEP_BAD = 0x80  # ... and VMRUN_VIRTQ_KEEP_BAD_BUFFERS
 
 SMALL, TOP, HUGE = 0, 2, 3  # region kinds
 FULL = 0xFFFF  # a small region's size field for 64 KiB
@@ -166,6 +167,16 @@ SEEDS = {
     + add(0)
     + op(POP)
     + push_any(0, 0xFFFF_FFFF),
+    "keep-bad-buffers": header(ONE_REGION, directions=BOTH | KEEP_BAD)
+    + desc(0, gpa(0, 0x1000), length(16), NEXT, 1)
+    + desc(1, raw_gpa(0x7000_0000), length(512), NEXT, 2)
+    + desc(2, gpa(0, 16, from_end=True), to_end(8), WRITE | NEXT, 3)
+    + desc(3, gpa(0, 0x2000), length(1), WRITE)
+    + add(0)
+    + op(POP)
+    + push_taken(1)
+    + add(0)
+    + op(POP, PENDING),
     "loop": header(ONE_REGION)
     + desc(0, gpa(0, 0x1000), length(8), NEXT, 1)
     + desc(1, gpa(0, 0x1100), length(8), NEXT, 0)

@@ -41,8 +41,8 @@
  *   u8 fill length, then that many bytes repeated over each region's first 64 KiB.
  *   queue: u8 size (bit 7: a raw u16 follows; else 1 << (n % 16)), gpa desc, gpa avail,
  *      gpa used, u8 features (bit 0 INDIRECT_DESC, 1 EVENT_IDX, 2 VERSION_1, 3 all other bits),
- *      u8 directions (1 + n % 3), u16 capacity (bit 15: 65536, more than any chain; else
- *      n % 1025).
+ *      u8 directions (1 + (n & 127) % 3, plus VMRUN_VIRTQ_KEEP_BAD_BUFFERS when bit 7 is
+ *      set), u16 capacity (bit 15: 65536, more than any chain; else n % 1025).
  *   gpa: u8 sel; sel & 3 == 3: a raw u64; else region (sel & 3) % regions, offset u16 (sel & 8:
  *      u32), rounded down to 16 if sel & 4, from the region's end if sel & 16.
  *   len: u8 sel; by sel & 3: u8 (times 16 if sel & 4), u16, u32, and UINT32_MAX - u16 or, if
@@ -621,7 +621,8 @@ static uint32_t reference_walk(uint16_t head, uint32_t *count)
         const uint8_t *host = model_range(addr, len);
         if (len == 0)
             bad |= error_bit(VMRUN_VIRTQ_E_ZERO_LENGTH);
-        if (!host)
+        /* Under KEEP_BAD_BUFFERS a buffer outside RAM is taken, with base NULL. */
+        if (!host && !(directions & VMRUN_VIRTQ_KEEP_BAD_BUFFERS))
             bad |= error_bit(VMRUN_VIRTQ_E_BUFFER);
         if (!(directions & (writable ? VMRUN_VIRTQ_WRITABLE : VMRUN_VIRTQ_READABLE)))
             bad |= error_bit(VMRUN_VIRTQ_E_DIRECTION);
@@ -660,14 +661,19 @@ static void check_chain(const struct vmrun_virtq_chain *chain)
     if (count == 0)
         finding("pop: a chain of no buffers");
     uint64_t sums[2] = {0, 0};
+    uint32_t outside = 0;
     for (uint64_t i = 0; i < count; i++) {
         if (iov[i].len == 0)
             finding("pop: buffer %llu has length 0", (unsigned long long)i);
-        if (region_of_host(iov[i].base, iov[i].len) < 0)
+        if (!iov[i].base && (directions & VMRUN_VIRTQ_KEEP_BAD_BUFFERS)) {
+            outside++; /* outside RAM, kept without an address */
+        } else if (region_of_host(iov[i].base, iov[i].len) < 0)
             finding("pop: buffer %llu (%p, %u bytes) is not inside one region",
                     (unsigned long long)i, (void *)iov[i].base, iov[i].len);
         sums[i >= chain->readable] += iov[i].len;
     }
+    if (chain->outside != outside)
+        finding("pop: chain->outside is %u, %u buffers have no address", chain->outside, outside);
     if (sums[0] != chain->readable_bytes || sums[1] != chain->writable_bytes)
         finding("pop: byte totals %llu/%llu, buffers sum to %llu/%llu",
                 (unsigned long long)chain->readable_bytes,
@@ -961,7 +967,10 @@ static void run(struct input *in)
     q.features |= (uint64_t)((features >> 2) & 1) << VMRUN_VIRTIO_F_VERSION_1;
     q.regions = regions;
     q.region_count = region_count;
-    directions = 1 + in8(in) % 3;
+    uint8_t directions_sel = in8(in);
+    directions = 1 + (directions_sel & 0x7F) % 3;
+    if (directions_sel & 0x80)
+        directions |= VMRUN_VIRTQ_KEEP_BAD_BUFFERS;
     uint16_t capacity_sel = in16(in);
     capacity = (capacity_sel & 0x8000) ? BIG_CAPACITY : capacity_sel % CAPACITY_MODULUS;
 

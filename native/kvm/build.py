@@ -27,7 +27,7 @@ HEADER = HERE / "vmrun_kvm.h"
 # The virtio engine and devices' data paths (native/virtio/), declared in cdef order.
 VIRTIO_HEADERS = [
     HERE.parent / "virtio" / name
-    for name in ("virtqueue.h", "rng.h", "console.h", "balloon.h", "nbd.h")
+    for name in ("virtqueue.h", "rng.h", "console.h", "balloon.h", "nbd.h", "blk.h")
 ]
 # setuptools refuses absolute paths in setup() arguments: these are relative to the project
 # root, the working directory of every build (pip, `python -m build`, setup.py).
@@ -478,6 +478,7 @@ PREAMBLE = """
 #include "console.h"
 #include "balloon.h"
 #include "nbd.h"
+#include "blk.h"
 
 #define VMRUN_RUN_MEMBER(name) __typeof__(((struct kvm_run *)0)->name)
 typedef VMRUN_RUN_MEMBER(hw) vmrun_run_hw;
@@ -518,6 +519,10 @@ ffibuilder.set_source(
         f"{VIRTIO_DIR}/console_control.c",
         f"{VIRTIO_DIR}/balloon.c",
         f"{VIRTIO_DIR}/nbd.c",
+        f"{VIRTIO_DIR}/blk.c",
+        f"{VIRTIO_DIR}/blk_request.c",
+        f"{VIRTIO_DIR}/blk_disk_file.c",
+        f"{VIRTIO_DIR}/blk_disk_nbd.c",
     ],
     include_dirs=[SOURCE_DIR, VIRTIO_DIR],
     depends=[
@@ -529,6 +534,9 @@ ffibuilder.set_source(
         f"{VIRTIO_DIR}/balloon.h",
         f"{VIRTIO_DIR}/worker.h",
         f"{VIRTIO_DIR}/nbd.h",
+        f"{VIRTIO_DIR}/blk.h",
+        f"{VIRTIO_DIR}/blk_disk.h",
+        f"{VIRTIO_DIR}/blk_internal.h",
     ],
     # Type mismatches between a declaration above and the real header are errors, not
     # warnings that scroll past in pip's output.

@@ -19,7 +19,7 @@
 
 #include <linux/kvm.h>
 
-const char vmrun_kvm_version[] = "vmrun-kvm 7";
+const char vmrun_kvm_version[] = "vmrun-kvm 8";
 
 int vmrun_kvm_ioctl(int fd, unsigned long request, void *arg)
 {

@@ -127,7 +127,7 @@ static int add_buffer(struct vmrun_virtq *q, struct vmrun_virtq_chain *chain,
     if (d->len == 0)
         return VMRUN_VIRTQ_E_ZERO_LENGTH;
     uint8_t *host = vmrun_guest_ptr(q->regions, q->region_count, d->addr, d->len);
-    if (!host)
+    if (!host && !(directions & VMRUN_VIRTQ_KEEP_BAD_BUFFERS))
         return VMRUN_VIRTQ_E_BUFFER;
     int writable = (d->flags & VMRUN_VIRTQ_DESC_F_WRITE) != 0;
     if (!(directions & (writable ? VMRUN_VIRTQ_WRITABLE : VMRUN_VIRTQ_READABLE)))
@@ -140,8 +140,10 @@ static int add_buffer(struct vmrun_virtq *q, struct vmrun_virtq_chain *chain,
     /* Each total is under 2**32 before this add and len is a u32: no overflow in u64. */
     if (chain->readable_bytes + chain->writable_bytes + d->len > UINT32_MAX)
         return VMRUN_VIRTQ_E_OVERLONG;
-    chain->iov[count].base = host;
+    chain->iov[count].base = host; /* NULL: outside RAM, kept on the caller's request */
     chain->iov[count].len = d->len;
+    if (!host)
+        chain->outside++;
     if (writable) {
         chain->writable++;
         chain->writable_bytes += d->len;
@@ -168,6 +170,7 @@ static int walk(struct vmrun_virtq *q, struct vmrun_virtq_chain *chain, uint16_t
     chain->head = head;
     chain->readable = chain->writable = 0;
     chain->readable_bytes = chain->writable_bytes = 0;
+    chain->outside = 0;
     for (;;) {
         if (++seen > table_size)
             return VMRUN_VIRTQ_E_LOOP;

@@ -37,6 +37,9 @@ enum {
     /* What a device accepts in a chain (`vmrun_virtq_pop`'s `directions`). */
     VMRUN_VIRTQ_READABLE = 1, /* buffers the device reads (the driver's requests) */
     VMRUN_VIRTQ_WRITABLE = 2, /* buffers the device writes (its answers) */
+    /* Opt-in (virtio-blk): a chain whose only fault is buffers outside guest RAM is taken,
+     * those buffers with base NULL, instead of breaking the queue; see vmrun_virtq_pop. */
+    VMRUN_VIRTQ_KEEP_BAD_BUFFERS = 4,
 };
 
 /* Why a queue was found broken (negative results); VMRUN_VIRTQ_OK is 0. */
@@ -62,7 +65,8 @@ enum vmrun_virtq_error {
     VMRUN_VIRTQ_E_BROKEN = -18,        /* the queue was broken before this call */
 };
 
-/* One buffer of a chain: host address and length, inside one region of guest RAM. */
+/* One buffer of a chain: host address and length, inside one region of guest RAM (base NULL:
+ * outside RAM, only under VMRUN_VIRTQ_KEEP_BAD_BUFFERS; never touch it). */
 struct vmrun_iovec {
     uint8_t *base;
     uint32_t len;
@@ -78,6 +82,8 @@ struct vmrun_virtq_chain {
     uint64_t writable_bytes;
     uint32_t capacity;
     struct vmrun_iovec *iov;
+    uint32_t outside;           /* buffers with base NULL (outside RAM): 0 unless
+                                   VMRUN_VIRTQ_KEEP_BAD_BUFFERS was asked for */
 };
 
 /* A split virtqueue. The transport fills the first group from the driver's registers, then
@@ -114,7 +120,11 @@ int vmrun_virtq_setup(struct vmrun_virtq *q, uint64_t *in_flight);
 /* Take the next available chain into `chain`. Returns 1 when one was taken, 0 when the ring is
  * empty, or a vmrun_virtq_error: the queue is broken (the chain is then not taken, and the
  * caller sets DEVICE_NEEDS_RESET). `directions` is VMRUN_VIRTQ_READABLE, _WRITABLE or both:
- * what this queue's device takes. */
+ * what this queue's device takes; with VMRUN_VIRTQ_KEEP_BAD_BUFFERS added, a buffer that is
+ * not inside one region of RAM (and only that: every other rule still breaks the queue, and
+ * an indirect table outside RAM too, since the chain cannot be read) is taken with base NULL
+ * and its length, counted in chain->outside: the device answers such a request with an error
+ * of its own and the queue goes on. Byte totals count those buffers too. */
 int vmrun_virtq_pop(struct vmrun_virtq *q, struct vmrun_virtq_chain *chain, unsigned directions);
 
 /* Return chain `head` to the driver with `written` bytes written into its writable buffers

@@ -73,10 +73,7 @@ DEVICE_KINDS = (
         "fs", "virtio-fs", State.NOT_BUILT_YET, _listed("fs"), ("fs",),
         "virtio-fs is not built yet",
     ),
-    DeviceKind(
-        "block", "virtio-blk", State.NOT_BUILT_YET, _listed("block"), ("block",),
-        "virtio-blk is not built yet",
-    ),
+    DeviceKind("block", "virtio-blk", State.BUILT, _listed("block")),
     DeviceKind(
         "net", "virtio-net", State.NOT_BUILT_YET, _listed("net"), ("net",),
         "virtio-net is not built yet",

@@ -24,7 +24,7 @@ from runner.errors import VmrunError
 
 # The version string the compiled module must carry: native/kvm/vmrun_kvm.c says the same.
 # A mismatch means the module was built from other sources than this Python code expects.
-NATIVE_VERSION = "vmrun-kvm 7"
+NATIVE_VERSION = "vmrun-kvm 8"
 
 # KVM_GET_API_VERSION: 12 since Linux 2.6.22, and the kernel documents that it will not change.
 KVM_API_VERSION = 12

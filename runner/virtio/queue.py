@@ -31,6 +31,9 @@ class Direction(enum.IntFlag):
 
     READABLE = lib.VMRUN_VIRTQ_READABLE
     WRITABLE = lib.VMRUN_VIRTQ_WRITABLE
+    # Opt-in: a chain whose buffers lie outside guest RAM is taken (they come as
+    # OutsideRam) instead of breaking the queue; the device answers it with an error.
+    KEEP_BAD_BUFFERS = lib.VMRUN_VIRTQ_KEEP_BAD_BUFFERS
 
 
 class Feature(enum.IntEnum):
@@ -54,12 +57,29 @@ def error_text(code: int) -> str:
 
 
 @attrs.frozen
+class OutsideRam:
+    """A buffer the driver placed outside guest RAM (only under KEEP_BAD_BUFFERS): its length,
+    never any bytes."""
+
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+
+@attrs.frozen
 class Chain:
-    """A chain taken from the queue: its head, and its buffers as (gpa-free) memoryviews."""
+    """A chain taken from the queue: its head, and its buffers as (gpa-free) memoryviews
+    (OutsideRam for one outside guest RAM, under KEEP_BAD_BUFFERS)."""
 
     head: int
-    readable: tuple[memoryview, ...]
-    writable: tuple[memoryview, ...]
+    readable: tuple[memoryview | OutsideRam, ...]
+    writable: tuple[memoryview | OutsideRam, ...]
+
+    @property
+    def outside(self) -> int:
+        """Buffers outside guest RAM."""
+        return sum(isinstance(b, OutsideRam) for b in (*self.readable, *self.writable))
 
     @property
     def readable_bytes(self) -> int:
@@ -70,12 +90,15 @@ class Chain:
         return sum(len(b) for b in self.writable)
 
     def read_all(self) -> bytes:
-        return b"".join(bytes(b) for b in self.readable)
+        assert not self.outside, "a chain with buffers outside RAM has no bytes to read"
+        return b"".join(bytes(b) for b in self.readable)  # type: ignore[arg-type]
 
     def write(self, data: bytes) -> int:
         """Fill the writable buffers in order with `data`; the bytes written."""
+        assert not self.outside, "a chain with buffers outside RAM cannot be written"
         done = 0
         for buffer in self.writable:
+            assert isinstance(buffer, memoryview)
             if done >= len(data):
                 break
             part = data[done : done + len(buffer)]
@@ -142,9 +165,12 @@ class Virtqueue:
             return None
         chain = self._chain
         views = tuple(
-            memoryview(ffi.buffer(chain.iov[i].base, chain.iov[i].len))
+            OutsideRam(chain.iov[i].len)
+            if chain.iov[i].base == ffi.NULL
+            else memoryview(ffi.buffer(chain.iov[i].base, chain.iov[i].len))
             for i in range(chain.readable + chain.writable)
         )
+        assert chain.outside == sum(isinstance(view, OutsideRam) for view in views)
         return Chain(chain.head, views[: chain.readable], views[chain.readable :])
 
     def push(self, head: int, written: int) -> None:

@@ -53,7 +53,7 @@ def test_without_a_console_the_rng_has_the_first_window(write_vm) -> None:
 
 def test_the_builder_builds_exactly_the_kinds_the_table_calls_built() -> None:
     built = {kind.name for kind in DEVICE_KINDS if kind.state is State.BUILT}
-    assert built == set(builder.VIRTIO_BACKENDS) == {"console", "rng", "balloon"}
+    assert built == set(builder.VIRTIO_BACKENDS) == {"block", "console", "rng", "balloon"}
 
 
 def test_every_kind_not_built_is_refused_where_the_file_declares_it(write_vm) -> None:

@@ -263,7 +263,9 @@ class Driver:
 # longer than the queue size); every buffer non-empty and inside one region of RAM, in a
 # direction the device takes, readable ones first (2.7.4.2); at most `max_segments` buffers
 # and 4 GiB - 1 bytes in all. The F_WRITE flag of the descriptor naming an indirect table is
-# ignored (2.7.5.3.2).
+# ignored (2.7.5.3.2). With KEEP_BAD_BUFFERS among the directions, a buffer outside RAM
+# breaks nothing: the chain is taken, that buffer reported at OUTSIDE (an indirect table
+# outside RAM still breaks the queue: its chain cannot be read).
 
 # Spec 2.7.5.3.2: "The device MUST handle the case of zero or more normal chained descriptors
 # followed by a single descriptor with flags&VIRTQ_DESC_F_INDIRECT": an indirect descriptor
@@ -284,6 +286,9 @@ INDIRECT_NESTED = lib.VMRUN_VIRTQ_E_INDIRECT_NESTED
 INDIRECT_TABLE = lib.VMRUN_VIRTQ_E_INDIRECT_TABLE
 SEGMENTS = lib.VMRUN_VIRTQ_E_SEGMENTS
 READABLE, WRITABLE = lib.VMRUN_VIRTQ_READABLE, lib.VMRUN_VIRTQ_WRITABLE
+KEEP_BAD_BUFFERS = lib.VMRUN_VIRTQ_KEEP_BAD_BUFFERS
+# The gpa a popped buffer outside guest RAM is reported with (the device gets no address).
+OUTSIDE = -1
 
 
 class Broken(NamedTuple):
@@ -349,7 +354,8 @@ def reference_pop(
         writable = bool(flags & DESC_F_WRITE)
         if length == 0:
             wrong.add(ZERO_LENGTH)
-        if not inside_ram(memory, addr, length):
+        outside = not inside_ram(memory, addr, length)
+        if outside and not directions & KEEP_BAD_BUFFERS:
             wrong.add(BUFFER)
         if not directions & (WRITABLE if writable else READABLE):
             wrong.add(DIRECTION)
@@ -363,7 +369,7 @@ def reference_pop(
             wrong.add(NEXT)
         if wrong:
             return Broken(frozenset(wrong))
-        buffers.append(Buffer(addr, length, writable))
+        buffers.append(Buffer(OUTSIDE if outside else addr, length, writable))
         if not flags & DESC_F_NEXT:
             return Popped(head, tuple(buffers))
         index = next

@@ -23,7 +23,7 @@ from driver import (
 
 from runner.kvm.memory import GuestMemory, GuestMemoryError
 from runner.kvm.native import lib
-from runner.virtio.queue import MAX_SIZE, Direction, Feature, QueueBroken, Virtqueue
+from runner.virtio.queue import MAX_SIZE, Direction, Feature, OutsideRam, QueueBroken, Virtqueue
 
 PAGE = mmap.PAGESIZE
 RAM = 0x10000  # one flat region: rings from 0, buffers and tables from HEAP
@@ -386,6 +386,66 @@ def test_a_buffer_outside_one_region_of_ram_breaks(
     driver.add_chain([(0x4000, 8, False), (gpa, length, True)])
     driver.publish()
     breaks(queue, lib.VMRUN_VIRTQ_E_BUFFER)
+
+
+@pytest.mark.parametrize(
+    ("gpa", "length"),
+    [(0x40000, 8), (0x28000, 8), (0xFFF8, 16), ((1 << 64) - 8, 16), (0x1000, 0x80000000)],
+)
+def test_with_keep_bad_buffers_a_buffer_outside_ram_is_taken_without_an_address(
+    regions: GuestMemory, gpa: int, length: int
+) -> None:
+    driver = Driver(regions, 8, Rings.packed(8, 0))
+    queue = Virtqueue(regions, 8, *driver.rings)
+    head = driver.add_chain([(0x4000, 16, False), (gpa, length, False), (0x4100, 1, True)])
+    driver.add_chain([(0x4200, 8, False), (0x4300, 8, True)])
+    driver.publish()
+    chain = queue.pop(BOTH | Direction.KEEP_BAD_BUFFERS)
+    assert chain is not None and chain.head == head and chain.outside == 1
+    assert chain.readable[1] == OutsideRam(length)
+    assert [len(b) for b in chain.readable] == [16, length]
+    assert chain.readable_bytes == 16 + length and chain.writable_bytes == 1
+    queue.push(head, 1)
+    assert driver.take_used() == [(head, 1)]
+    good = queue.pop(BOTH | Direction.KEEP_BAD_BUFFERS)  # the queue goes on
+    assert good is not None and good.outside == 0 and not queue.broken
+
+
+def test_with_keep_bad_buffers_every_buffer_may_be_outside_ram(regions: GuestMemory) -> None:
+    driver = Driver(regions, 8, Rings.packed(8, 0))
+    queue = Virtqueue(regions, 8, *driver.rings)
+    driver.add_chain([(0x28000, 16, False), (0x50000, 1, True)])
+    driver.publish()
+    chain = queue.pop(BOTH | Direction.KEEP_BAD_BUFFERS)
+    assert chain is not None and chain.outside == 2
+    assert chain.writable == (OutsideRam(1),)
+
+
+@pytest.mark.parametrize(
+    ("buffers", "code"),
+    [
+        ([(0x28000, 0, True)], lib.VMRUN_VIRTQ_E_ZERO_LENGTH),
+        ([(0x28000, 8, True), (0x4000, 8, False)], lib.VMRUN_VIRTQ_E_ORDER),
+    ],
+)
+def test_keep_bad_buffers_keeps_every_other_rule(
+    regions: GuestMemory, buffers: list[tuple[int, int, bool]], code: int
+) -> None:
+    driver = Driver(regions, 8, Rings.packed(8, 0))
+    queue = Virtqueue(regions, 8, *driver.rings)
+    driver.add_chain(buffers)
+    driver.publish()
+    breaks(queue, code, BOTH | Direction.KEEP_BAD_BUFFERS)
+
+
+def test_keep_bad_buffers_still_breaks_on_an_indirect_table_outside_ram(
+    memory: GuestMemory,
+) -> None:
+    driver, queue = queue_over(memory, features=INDIRECT)
+    driver.add_raw_descriptor(0, 0x20000, 16, DESC_F_INDIRECT, 0)  # past the end of RAM
+    driver.offer(0)
+    driver.publish()
+    breaks(queue, lib.VMRUN_VIRTQ_E_BUFFER, BOTH | Direction.KEEP_BAD_BUFFERS)
 
 
 def test_a_readable_buffer_after_a_writable_one_breaks(memory: GuestMemory) -> None:

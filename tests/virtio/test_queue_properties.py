@@ -12,6 +12,7 @@ from driver import (
     DESC_F_NEXT,
     DESC_F_WRITE,
     DESCRIPTOR,
+    OUTSIDE,
     U16_MOD,
     Broken,
     Buffer,
@@ -37,6 +38,7 @@ from runner.virtio.queue import (
     Chain,
     Direction,
     Feature,
+    OutsideRam,
     QueueBroken,
     Virtqueue,
     error_text,
@@ -45,6 +47,7 @@ from runner.virtio.queue import (
 INDIRECT = 1 << Feature.INDIRECT_DESC
 EVENT_IDX = 1 << Feature.EVENT_IDX
 BOTH = Direction.READABLE | Direction.WRITABLE
+KEEP = Direction.KEEP_BAD_BUFFERS
 WRITABLE = Direction.WRITABLE
 # Two adjacent regions and one beyond a gap: [0, 64K) [64K, 128K) hole [192K, 256K).
 REGIONS = [(0, 0x10000), (0x10000, 0x10000), (0x30000, 0x10000)]
@@ -68,7 +71,11 @@ CHAIN_CODES = {
 def buffers_of(memory: GuestMemory, chain: Chain) -> tuple[Buffer, ...]:
     """The chain's buffers as guest ranges, found from the host addresses the engine gave."""
     return tuple(
-        Buffer(guest_address(memory, view), len(view), writable)
+        Buffer(
+            OUTSIDE if isinstance(view, OutsideRam) else guest_address(memory, view),
+            len(view),
+            writable,
+        )
         for views, writable in ((chain.readable, False), (chain.writable, True))
         for view in views
     )
@@ -245,7 +252,10 @@ class HostileDriver:
     hostility=st.sampled_from([0.0, 0.02, 0.1, 0.3, 1.0]),
     log_size=st.integers(0, 4),
     features=st.sampled_from([0, INDIRECT, EVENT_IDX, INDIRECT | EVENT_IDX]),
-    directions=st.sampled_from([Direction.READABLE, Direction.WRITABLE, BOTH, BOTH, BOTH]),
+    directions=st.sampled_from(
+        [Direction.READABLE, Direction.WRITABLE, BOTH, BOTH, BOTH, BOTH | KEEP, BOTH | KEEP]
+        + [Direction.READABLE | KEEP]
+    ),
     max_segments=st.sampled_from([1, 2, 3, 1024, 1024]),
 )
 def test_hostile_rings_give_what_the_rules_say_and_stay_inside_ram(
@@ -258,7 +268,7 @@ def test_hostile_rings_give_what_the_rules_say_and_stay_inside_ram(
     max_segments: int,
 ) -> None:
     size = 1 << log_size
-    hostile = HostileDriver(seed, hostility, bool(features & INDIRECT), directions)
+    hostile = HostileDriver(seed, hostility, bool(features & INDIRECT), directions & BOTH)
     with GuestMemory(REGIONS) as memory:
         driver = Driver(memory, size, HOSTILE_RINGS)
         queue = Virtqueue(
