@@ -67,6 +67,8 @@ def host_program(name: str) -> Path:
 def shared_objects(program: Path) -> list[str]:
     """The loader and every shared library `program` needs, recursively, at the paths this
     host's loader finds them (none for a static program)."""
+    if shutil.which("ldd") is None:
+        raise GuestProgramError("`ldd` is needed to find a program's libraries (Debian: libc-bin)")
     result = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=False)
     text = result.stdout + result.stderr
     if result.returncode != 0:
