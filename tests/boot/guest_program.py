@@ -2,6 +2,8 @@
 
 The boot tests that play a hostile guest (port_hammer.c, ring_vandal.c) need code that
 busybox has no applet for; the cloud kernel runs static ELF binaries from the initramfs.
+A program this host already has (mke2fs, fio) is packed with its libraries instead, by
+runner/emulated/guest_programs.py.
 """
 
 from __future__ import annotations
