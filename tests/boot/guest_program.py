@@ -5,6 +5,8 @@ code that busybox has no applet for; the cloud kernel runs static ELF binaries f
 initramfs. A program is one source file; what the virtio drivers among them share is
 guest_virtio.h beside them, which gcc finds through `#include "..."` (the source's own
 directory is searched first).
+A program this host already has (mke2fs, fio) is packed with its libraries instead, by
+runner/emulated/guest_programs.py.
 """
 
 from __future__ import annotations
