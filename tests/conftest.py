@@ -19,6 +19,7 @@ import hypothesis
 import pytest
 
 from runner import progress
+from runner.emulated.guest_programs import GuestProgramError, guest_programs
 from runner.emulated.host import HARNESS_FAILURE, INSIDE_ENV, TIMED_OUT, qemu_missing
 from runner.guest.debian import PackageError
 from runner.guest.initramfs import GuestImageError
@@ -109,16 +110,17 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def _provision_other_kernels(reporter: pytest.TerminalReporter, bzimage: Path) -> None:
+def _provision_extras(reporter: pytest.TerminalReporter, bzimage: Path) -> None:
     # Tests that need them say so themselves (a skip, a failure under CI) when they are
     # missing; the other boot tests run without them.
     for what, make in (
         ("the PVH vmlinux", lambda: guest_kernels.pvh_vmlinux(bzimage)),
         ("libkrunfw", lambda: guest_kernels.libkrunfw(download=True)),
+        ("e2fsprogs for the guest", lambda: guest_programs(E2FSPROGS)),
     ):
         try:
             make()
-        except (guest_kernels.Unavailable, OSError) as exc:
+        except (guest_kernels.Unavailable, GuestProgramError, OSError) as exc:
             reporter.write_line(f"boot tests: cannot provision {what}: {exc}", yellow=True)
 
 
@@ -139,6 +141,21 @@ def libkrunfw() -> Path:
         return guest_kernels.libkrunfw(download=not os.environ.get(INSIDE_ENV))
     except (guest_kernels.Unavailable, OSError) as exc:
         pytest.skip(f"no libkrunfw: {exc}")
+
+
+E2FSPROGS = ("mke2fs", "e2fsck")
+
+
+@pytest.fixture
+def e2fsprogs_initramfs() -> Path:
+    """An initramfs with the host's mke2fs (and mkfs.ext4) and e2fsck with their libraries:
+    busybox's mke2fs makes only ext2. Packed by the outer session before the emulated host."""
+    try:
+        return guest_programs(E2FSPROGS).archive
+    except (GuestProgramError, OSError) as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no e2fsprogs for the guest: {exc}")
 
 
 class NotRun(NamedTuple):
@@ -162,7 +179,7 @@ def _run_in_emulated_host(
         except (PackageError, GuestImageError) as exc:
             why_not = f"cannot provision what boot tests need: {exc}"
         else:
-            _provision_other_kernels(reporter, kernel.image)
+            _provision_extras(reporter, kernel.image)
     if why_not:
         reporter.write_sep("!", f"{len(nodeids)} BOOT TESTS CANNOT RUN: {why_not}", red=True)
         return {}, NotRun(why_not, skippable=True)

@@ -228,3 +228,34 @@ def test_the_block_example_does_what_its_comment_says(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert check.returncode == 0, check.stdout
+
+
+def test_an_ext4_file_system_the_guest_made_is_found_by_a_later_boot(
+    tmp_path: Path, e2fsprogs_initramfs: Path
+) -> None:
+    image = tmp_path / "ext4.img"
+    image.write_bytes(bytes(32 * MIB))
+    tools = f'[kernel]\ninitramfs = "{e2fsprogs_initramfs}"\n'
+    make = (
+        "mkfs.ext4 -q -L made-in-guest /dev/vda && mount /dev/vda /mnt && "
+        "mkdir /mnt/dir && echo kept > /mnt/dir/file && umount /mnt && echo made"
+    )
+    result = run(tmp_path, make, tools, disk("fs", image))
+    assert (result.returncode, result.stdout) == (0, "made\n"), result.stderr
+    # A later boot, a new VM: the file system (clean) and its file are there.
+    find = (
+        "e2fsck -fn /dev/vda >/dev/null 2>&1; echo fsck=$?; "
+        "mount -o ro -t ext4 /dev/vda /mnt && cat /mnt/dir/file && grep /mnt /proc/mounts"
+    )
+    result = run(tmp_path, find, tools, disk("fs", image, read_only=True))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["fsck=0", "kept"], lines
+    assert lines[2].startswith("/dev/vda /mnt ext4 ro"), lines
+    # And the host sees an ext4 file system (a journal, extents) labelled by the guest.
+    header = subprocess.run(
+        [tool("dumpe2fs"), "-h", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "made-in-guest" in header
+    features = next(line for line in header.splitlines() if line.startswith("Filesystem features"))
+    assert {"has_journal", "extent"} <= set(features.split(":", 1)[1].split())
