@@ -66,8 +66,8 @@ class BlockDevice:
         "writeback",
     )
     sync: SyncMode = setting(
-        "What a guest flush does on the host: `none` nothing, `relaxed` fsync where the "
-        "host file system needs it, `full` always fsync.",
+        "What a guest flush does on the host with `cache = \"writeback\"`: `none` nothing, "
+        "`relaxed` fdatasync (the data and the metadata needed to read it), `full` fsync.",
         "full",
     )
     direct_io: bool = setting("Open the image with O_DIRECT (bypass the host page cache).", False)
