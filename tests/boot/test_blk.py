@@ -103,7 +103,9 @@ def test_the_guest_reads_what_the_host_wrote(tmp_path: Path) -> None:
     script = "blockdev --getsize64 /dev/vda; sha256sum /dev/vda; tail -c 20 /dev/vda"
     result = run(tmp_path, script, disk("host", image))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(4 * MIB), sha256(image), "/dev/vda", "vmrun-block-pattern"]
+    lines = result.stdout.splitlines(keepends=True)
+    assert lines[:2] == [f"{4 * MIB}\n", f"{sha256(image)}  /dev/vda\n"], lines
+    assert "".join(lines[2:]).encode() == pattern(MIB)[-20:]
 
 
 def test_a_read_only_disk_refuses_writes_and_is_unchanged(tmp_path: Path) -> None:
@@ -153,7 +155,7 @@ def test_root_on_a_disk_with_env_workdir_and_exit_status(tmp_path: Path) -> None
     vm.write_text(
         VM + disk("system", image) + '[root]\ntype = "block"\nid = "system"\n'
         '[workload]\nexec = "/bin/sh"\nworkdir = "/mnt"\n'
-        'args = ["-c", "echo $GREETING; pwd; grep \' / \' /proc/mounts; echo made > /tmp/f; '
+        'args = ["-c", "echo $GREETING; pwd; grep \' / \' /proc/mounts; echo made > /f; '
         'exit 7"]\n[workload.env]\nGREETING = "hello from a disk"\n'
     )
     result = subprocess.run(
@@ -168,7 +170,7 @@ def test_root_on_a_disk_with_env_workdir_and_exit_status(tmp_path: Path) -> None
     fsck = subprocess.run([tool("e2fsck"), "-fn", str(image)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     debugfs = subprocess.run(
-        [tool("debugfs"), "-R", "cat /tmp/f", str(image)], capture_output=True, text=True
+        [tool("debugfs"), "-R", "cat /f", str(image)], capture_output=True, text=True
     )
     assert debugfs.stdout == "made\n"
 
@@ -221,7 +223,8 @@ def test_the_block_example_does_what_its_comment_says(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    mounts = {line.split()[-1]: line.split()[0] for line in result.stdout.splitlines()[1:]}
+    shown = [line.split() for line in result.stdout.splitlines()[1:]]
+    mounts = {fields[-1]: fields[0] for fields in shown}
     assert mounts == {"/": "/dev/vda", "/mnt": "/dev/vdb"}, result.stdout
     check = subprocess.run(
         [tool("qemu-img"), "check", str(tmp_path / "disks" / "data.qcow2")],
@@ -237,7 +240,7 @@ def test_an_ext4_file_system_the_guest_made_is_found_by_a_later_boot(
     image.write_bytes(bytes(32 * MIB))
     tools = f'[kernel]\ninitramfs = "{e2fsprogs_initramfs}"\n'
     make = (
-        "mkfs.ext4 -q -L made-in-guest /dev/vda && mount /dev/vda /mnt && "
+        "mkfs.ext4 -q -L made-in-guest /dev/vda && mkdir -p /mnt && mount /dev/vda /mnt && "
         "mkdir /mnt/dir && echo kept > /mnt/dir/file && umount /mnt && echo made"
     )
     result = run(tmp_path, make, tools, disk("fs", image))
@@ -245,7 +248,8 @@ def test_an_ext4_file_system_the_guest_made_is_found_by_a_later_boot(
     # A later boot, a new VM: the file system (clean) and its file are there.
     find = (
         "e2fsck -fn /dev/vda >/dev/null 2>&1; echo fsck=$?; "
-        "mount -o ro -t ext4 /dev/vda /mnt && cat /mnt/dir/file && grep /mnt /proc/mounts"
+        "mkdir -p /mnt && mount -o ro -t ext4 /dev/vda /mnt && cat /mnt/dir/file && "
+        "grep /mnt /proc/mounts"
     )
     result = run(tmp_path, find, tools, disk("fs", image, read_only=True))
     assert result.returncode == 0, result.stderr
