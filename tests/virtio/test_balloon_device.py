@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 from driver import Driver, Heap, Rings
+from test_mmio_transport import FakeVm, wait_for
+from test_mmio_transport import Guest as TransportGuest
 
 from runner.devices.virtio.balloon import (
     F_DEFLATE_ON_OOM,
@@ -40,71 +42,21 @@ HEAP = (MIB, 2 * MIB)
 PAGES = 4 * MIB
 
 
-class FakeVm:
-    def __init__(self) -> None:
-        self.ioeventfds: list[tuple[int, int]] = []  # (fd, queue index)
-
-    def ioeventfd(
-        self, fd: int, addr: int, length: int, *, pio: bool, datamatch: int | None = None
-    ) -> None:
-        assert (addr, length, pio) == (BASE + Reg.QUEUE_NOTIFY, 4, False)
-        self.ioeventfds.append((fd, datamatch))
-
-
-class Guest:
+class Guest(TransportGuest):
     """The transport as Linux's virtio_mmio and virtio_balloon drive it."""
 
-    def __init__(self, transport: MmioTransport, vm: FakeVm, line: InterruptLine) -> None:
-        self.transport, self.vm, self.line = transport, vm, line
-        self.backend: VirtioBalloon = transport.backend  # type: ignore[assignment]
+    @property
+    def backend(self) -> VirtioBalloon:
+        return self.transport.backend  # type: ignore[return-value]
 
-    def read(self, reg: int) -> int:
-        return self.transport.read(reg, 4)
-
-    def write(self, reg: int, value: int) -> None:
-        self.transport.write(reg, 4, value)
-
-    def features(self) -> int:
-        pages = []
-        for page in (0, 1):
-            self.write(Reg.DEVICE_FEATURES_SEL, page)
-            pages.append(self.read(Reg.DEVICE_FEATURES))
-        return pages[0] | pages[1] << 32
-
-    def negotiate(self, features: int) -> int:
-        self.write(Reg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER)
-        for page in (0, 1):
-            self.write(Reg.DRIVER_FEATURES_SEL, page)
-            self.write(Reg.DRIVER_FEATURES, (features >> (32 * page)) & 0xFFFFFFFF)
-        self.write(Reg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK)
-        return self.read(Reg.STATUS)
-
-    def set_up_queue(self, index: int) -> None:
-        self.write(Reg.QUEUE_SEL, index)
-        self.write(Reg.QUEUE_NUM, QUEUE_SIZE)
-        rings = RINGS[index]
-        for low, value in (
-            (Reg.QUEUE_DESC_LOW, rings.desc),
-            (Reg.QUEUE_DRIVER_LOW, rings.avail),
-            (Reg.QUEUE_DEVICE_LOW, rings.used),
-        ):
-            self.write(low, value & 0xFFFFFFFF)
-            self.write(low + 4, value >> 32)
-        self.write(Reg.QUEUE_READY, 1)
-
-    def driver_ok(self) -> None:
-        self.write(Reg.STATUS, self.read(Reg.STATUS) | Status.DRIVER_OK)
+    def set_up_queue(self, index: int) -> None:  # type: ignore[override]
+        super().set_up_queue(RINGS[index], QUEUE_SIZE, index)
 
     def start(self, features: int, queues: int) -> None:
         assert self.negotiate(features) & Status.FEATURES_OK
         for index in range(queues):
             self.set_up_queue(index)
         self.driver_ok()
-
-    def notify(self, index: int) -> None:
-        """What KVM does for a QueueNotify write of `index`."""
-        fd = next(fd for fd, queue in self.vm.ioeventfds if queue == index)
-        os.eventfd_write(fd, 1)
 
     @property
     def needs_reset(self) -> bool:
@@ -130,13 +82,6 @@ def guest(memory: GuestMemory) -> Iterator[Guest]:
 def drivers(memory: GuestMemory, count: int) -> list[Driver]:
     heap = Heap([HEAP])
     return [Driver(memory, QUEUE_SIZE, RINGS[index], heap) for index in range(count)]
-
-
-def wait_for(condition, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def returned(driver: Driver, count: int = 1) -> list[tuple[int, int]]:

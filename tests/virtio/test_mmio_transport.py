@@ -61,8 +61,8 @@ class Guest:
         self.write(Reg.STATUS, Status.ACKNOWLEDGE | Status.DRIVER | Status.FEATURES_OK)
         return self.read(Reg.STATUS)
 
-    def set_up_queue(self, rings: Rings, size: int = QUEUE_SIZE) -> None:
-        self.write(Reg.QUEUE_SEL, 0)
+    def set_up_queue(self, rings: Rings, size: int = QUEUE_SIZE, index: int = 0) -> None:
+        self.write(Reg.QUEUE_SEL, index)
         self.write(Reg.QUEUE_NUM, size)
         for low, value in (
             (Reg.QUEUE_DESC_LOW, rings.desc),
@@ -76,10 +76,10 @@ class Guest:
     def driver_ok(self) -> None:
         self.write(Reg.STATUS, self.read(Reg.STATUS) | Status.DRIVER_OK)
 
-    def notify(self) -> None:
-        """What KVM does for a QueueNotify write of 0: signal the ioeventfd."""
-        fd, addr, length, pio, datamatch = self.vm.ioeventfds[0]
-        assert (addr, length, pio, datamatch) == (BASE + Reg.QUEUE_NOTIFY, 4, False, 0)
+    def notify(self, index: int = 0) -> None:
+        """What KVM does for a QueueNotify write of `index`: signal that queue's ioeventfd."""
+        fd, addr, length, pio, _ = next(e for e in self.vm.ioeventfds if e[4] == index)
+        assert (addr, length, pio) == (BASE + Reg.QUEUE_NOTIFY, 4, False)
         os.eventfd_write(fd, 1)
 
 
