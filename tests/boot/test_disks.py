@@ -1,4 +1,4 @@
-"""virtio-blk seen from a real guest (runner/devices/virtio/blk.py, native/virtio/blk.c).
+"""Disks (virtio-blk) seen from a real guest (runner/devices/virtio/blk.py, native/virtio/blk.c).
 
 Marked `boot`: where /dev/kvm cannot boot Linux, these run inside the emulated host, whose
 writable directories are 9p shares; a test that needs a file system that punches holes
