@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import select
 import struct
 import time
@@ -11,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 from driver import Driver, Heap, Rings
-from test_mmio_transport import FakeVm, wait_for
 from test_mmio_transport import Guest as TransportGuest
+from test_mmio_transport import attached, wait_for
 
 from runner.devices.virtio.balloon import (
     F_DEFLATE_ON_OOM,
@@ -20,8 +19,7 @@ from runner.devices.virtio.balloon import (
     QUEUE_SIZE,
     VirtioBalloon,
 )
-from runner.devices.virtio.interrupt import InterruptLine
-from runner.devices.virtio.mmio import MmioTransport, Reg, Status
+from runner.devices.virtio.mmio import Reg, Status
 from runner.kvm.memory import GuestMemory, Region
 from runner.kvm.native import lib
 
@@ -71,12 +69,8 @@ def memory() -> Iterator[GuestMemory]:
 
 @pytest.fixture
 def guest(memory: GuestMemory) -> Iterator[Guest]:
-    vm = FakeVm()
-    irq = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    line = InterruptLine(irq, lambda: os.close(irq))
-    transport = MmioTransport(VirtioBalloon(), memory, vm, BASE, line)  # type: ignore[arg-type]
-    yield Guest(transport, vm, line)
-    transport.close()
+    with attached(VirtioBalloon(), memory, Guest) as guest:
+        yield guest
 
 
 def drivers(memory: GuestMemory, count: int) -> list[Driver]:

@@ -3,16 +3,18 @@ fake Vm (STYLE 14): its ioeventfds are recorded, and a test writes them as KVM w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import pytest
 from driver import Driver, Heap, Rings
 
 from runner.devices.virtio.interrupt import InterruptLine
-from runner.devices.virtio.mmio import MAGIC, VENDOR_ID, MmioTransport, Reg, Status
+from runner.devices.virtio.mmio import MAGIC, VENDOR_ID, MmioTransport, Reg, Status, VirtioBackend
 from runner.devices.virtio.rng import QUEUE_SIZE, VirtioRng
 from runner.kvm.memory import GuestMemory
 from runner.kvm.native import Cdata, ffi, lib
@@ -89,14 +91,31 @@ def memory() -> Iterator[GuestMemory]:
         yield memory
 
 
-@pytest.fixture
-def guest(memory: GuestMemory) -> Iterator[Guest]:
+G = TypeVar("G", bound=Guest)
+
+
+@contextlib.contextmanager
+def attached(
+    backend: VirtioBackend,
+    memory: GuestMemory,
+    guest: type[G] = Guest,  # type: ignore[assignment]
+) -> Iterator[G]:
+    """`backend` behind a transport at BASE, with a fake VM and an eventfd for its line, as
+    `guest` (a Guest class) drives it; the transport closed afterwards."""
     vm = FakeVm()
     irq = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     line = InterruptLine(irq, lambda: os.close(irq))
-    transport = MmioTransport(VirtioRng(), memory, vm, BASE, line)  # type: ignore[arg-type]
-    yield Guest(transport, vm, line)
-    transport.close()
+    transport = MmioTransport(backend, memory, vm, BASE, line)  # type: ignore[arg-type]
+    try:
+        yield guest(transport, vm, line)
+    finally:
+        transport.close()
+
+
+@pytest.fixture
+def guest(memory: GuestMemory) -> Iterator[Guest]:
+    with attached(VirtioRng(), memory) as guest:
+        yield guest
 
 
 def wait_for(condition, what: str, timeout: float = 10.0) -> None:
@@ -301,12 +320,8 @@ class TwoModes:
 
 @pytest.fixture
 def two_modes(memory: GuestMemory) -> Iterator[Guest]:
-    vm = FakeVm()
-    irq = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    line = InterruptLine(irq, lambda: os.close(irq))
-    transport = MmioTransport(TwoModes(), memory, vm, BASE, line)  # type: ignore[arg-type]
-    yield Guest(transport, vm, line)
-    transport.close()
+    with attached(TwoModes(), memory) as guest:
+        yield guest
 
 
 def set_up_queues(guest: Guest, count: int) -> None:
