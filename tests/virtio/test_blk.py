@@ -4,6 +4,8 @@ driver (tests/virtio/blk_guest.py), over real image files in tmp_path."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -485,3 +487,51 @@ def test_images_that_cannot_be_used_are_named_in_the_error(tmp_path: Path) -> No
     if os.geteuid() != 0:  # root opens it anyway
         with pytest.raises(DiskError, match="Permission denied"):
             RawDisk(BlockDevice(id="d", path=str(locked)))
+
+
+# ---- a host block device ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loop_device(image: Path) -> Iterator[Path]:
+    """A loop device over `image` (root, and a kernel with loop devices: else a skip that
+    says so)."""
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("a loop device needs root and losetup (util-linux)")
+    made = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"no loop device here: {made.stderr.strip()}")
+    device = Path(made.stdout.strip())
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", str(device)], check=True)
+
+
+@pytest.mark.parametrize("direct_io", [False, True])
+def test_a_host_block_device_is_a_disk(
+    memory: GuestMemory, image: Path, loop_device: Path, direct_io: bool
+) -> None:
+    # BLKGETSIZE64 for the capacity, BLKSSZGET under O_DIRECT, BLKDISCARD and BLKZEROOUT.
+    config = BlockDevice(id="loop", path=str(loop_device), direct_io=direct_io)
+    device = BlkDevice(memory, config)
+    try:
+        device.start()
+        assert device.disk.sectors == SECTORS
+        data = pattern(9, 8192)
+        assert device.write(64, data).status == S_OK
+        answer = device.read(64, len(data))
+        assert (answer.status, answer.data) == (S_OK, data)
+        assert device.ranges(T_WRITE_ZEROES, [(200, 16, 0)]).status == S_OK
+        assert device.ranges(T_DISCARD, [(1024, 2048, 0)]).status == S_OK
+        assert device.do(T_FLUSH).status == S_OK
+    finally:
+        device.close()
+    os.sync()
+    assert host_bytes(image, 64, len(data)) == data
+    assert host_bytes(image, 200, 16 * 512) == bytes(16 * 512)
+    assert host_bytes(image, 216, 512) == bytes(range(256)) * 2
+    # A loop device's discard punches a hole in its backing file.
+    assert host_bytes(image, 1024, 2048 * 512) == bytes(2048 * 512)
