@@ -127,6 +127,23 @@ def unique_names(r: VmResources) -> Iterator[Problem]:
         )
 
 
+# virtio-blk's GET_ID answers 20 bytes: the guest's /sys/block/vdX/serial and its
+# /dev/disk/by-id/virtio-SERIAL link.
+DISK_SERIAL_BYTES = 20
+
+
+def disk_serials(r: VmResources) -> Iterator[Problem]:
+    seen: dict[bytes, int] = {}
+    for index, disk in enumerate(r.block):
+        first = seen.setdefault(disk.id.encode()[:DISK_SERIAL_BYTES], index)
+        if first != index and r.block[first].id != disk.id:  # equal ids: unique_names says so
+            yield Problem(
+                ("block", index, "id"),
+                f"the guest knows a disk by its id's first {DISK_SERIAL_BYTES} bytes (its "
+                f"serial), which are those of block[{first}]'s id {r.block[first].id!r}",
+            )
+
+
 def unicast_macs(r: VmResources) -> Iterator[Problem]:
     for index, nic in enumerate(r.net):
         if nic.mac is None:
@@ -332,6 +349,7 @@ RULES: tuple[Rule, ...] = (
     hyperthreading,
     memory_fits_images,
     unique_names,
+    disk_serials,
     unicast_macs,
     fs_tag_bytes,
     kernel_sources,

@@ -66,7 +66,7 @@ class BlockDevice:
         "writeback",
     )
     sync: SyncMode = setting(
-        "What a guest flush does on the host with `cache = \"writeback\"`: `none` nothing, "
+        'What a guest flush does on the host with `cache = "writeback"`: `none` nothing, '
         "`relaxed` fdatasync (the data and the metadata needed to read it), `full` fsync.",
         "full",
     )

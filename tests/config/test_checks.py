@@ -294,6 +294,24 @@ def test_duplicate_block_ids(write_vm, tmp_path: Path) -> None:
     assert lines(path) == [f"{path}:3:3: block[1]: id 'root' is already used by block[0]"]
 
 
+def test_disk_ids_alike_in_their_first_20_bytes(write_vm, tmp_path: Path) -> None:
+    sized(tmp_path / "disk.img", 4096)
+    path = write_vm("""\
+        block = [
+          { id = "build-cache-volume-1", path = "disk.img", read_only = true },
+          { id = "build-cache-volume-10", path = "disk.img", read_only = true },
+          { id = "build-cache-volume-2", path = "disk.img", read_only = true },
+        ]
+        """)
+    assert problems(path) == [
+        (
+            "block[1].id",
+            "the guest knows a disk by its id's first 20 bytes (its serial), which are those "
+            "of block[0]'s id 'build-cache-volume-1'",
+        )
+    ]
+
+
 def test_duplicate_net_ids_and_macs(write_vm) -> None:
     # MACs compare without regard to case.
     path = write_vm("""\
@@ -1276,6 +1294,7 @@ def test_rules_are_all_exercised() -> None:
         "hyperthreading",
         "memory_fits_images",
         "unique_names",
+        "disk_serials",
         "unicast_macs",
         "fs_tag_bytes",
         "kernel_sources",
