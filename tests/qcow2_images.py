@@ -8,33 +8,25 @@ both (`bash scripts/setup` as root).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import NoReturn
 
-import pytest
+from required_tools import unavailable
 
 from runner.devices.virtio.disk_export import DAEMON
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI runs every check (`bash scripts/setup` as root)", pytrace=False)
-    pytest.skip(reason)
 
 
 def qemu_img() -> str:
     found = shutil.which("qemu-img")
     if found is None:
-        _unavailable("qemu-img is not installed (Debian: apt-get install qemu-utils)")
+        unavailable("qemu-img is not installed (Debian: apt-get install qemu-utils)")
     return found
 
 
 def require_daemon() -> None:
     if shutil.which(DAEMON) is None:
-        _unavailable(f"{DAEMON} is not installed (Debian: apt-get install qemu-system-common)")
+        unavailable(f"{DAEMON} is not installed (Debian: apt-get install qemu-system-common)")
 
 
 def make_qcow2(path: Path, size: int, cluster_size: int = 65536) -> Path:

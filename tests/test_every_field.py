@@ -10,7 +10,6 @@ the refusals of `runner.unsupported` are taken; where there are none, the machin
 
 from __future__ import annotations
 
-import subprocess
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import attrs
 import pytest
 from fake_machine import fake_bzimage, stand_in_for_kvm
+from qcow2_images import make_qcow2
 
 from runner import builder
 from runner.boot.loader import load_kernel
@@ -234,8 +234,7 @@ def sample_dir(tmp_path: Path) -> Path:
         (tmp_path / name).write_bytes(bytes(65536 if name == "qboot" else 512))
     # A qcow2 disk is built for real: qemu-storage-daemon serves it (scripts/setup installs
     # qemu-img with it).
-    qcow2 = ["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "disk.qcow2"), "1M"]
-    subprocess.run(qcow2, check=True)
+    make_qcow2(tmp_path / "disk.qcow2", 1 << 20)
     return tmp_path
 
 

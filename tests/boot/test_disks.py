@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from qcow2_images import check_clean, make_qcow2, raw_contents
 
 from runner.host_kvm import INSIDE_ENV
 
@@ -126,9 +127,7 @@ def test_a_read_only_disk_refuses_writes_and_is_unchanged(tmp_path: Path) -> Non
 
 
 def test_a_qcow2_disk_written_by_the_guest_is_clean_and_holds_the_data(tmp_path: Path) -> None:
-    qemu_img = tool("qemu-img")
-    image = tmp_path / "data.qcow2"
-    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    image = make_qcow2(tmp_path / "data.qcow2", 64 * MIB)
     script = (
         "yes vmrun-block-pattern | head -c 1048576 > /tmp/p && "
         "dd if=/tmp/p of=/dev/vda bs=65536 seek=160 conv=fsync,notrunc 2>/dev/null && "
@@ -136,11 +135,8 @@ def test_a_qcow2_disk_written_by_the_guest_is_clean_and_holds_the_data(tmp_path:
     )
     result = run(tmp_path, script, disk("q", image, format="qcow2"))
     assert (result.returncode, result.stdout) == (0, f"{64 * MIB}\n"), result.stderr
-    check = subprocess.run([qemu_img, "check", str(image)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    raw = tmp_path / "data.raw"
-    subprocess.run([qemu_img, "convert", "-O", "raw", str(image), str(raw)], check=True)
-    data = raw.read_bytes()
+    check_clean(image)
+    data = raw_contents(image)
     start = 160 * 65536
     assert data[start : start + MIB] == pattern(MIB)
     assert data[:start] == bytes(start)
@@ -226,11 +222,7 @@ def test_the_block_example_does_what_its_comment_says(tmp_path: Path) -> None:
     shown = [line.split() for line in result.stdout.splitlines()[1:]]
     mounts = {fields[-1]: fields[0] for fields in shown}
     assert mounts == {"/": "/dev/vda", "/mnt": "/dev/vdb"}, result.stdout
-    check = subprocess.run(
-        [tool("qemu-img"), "check", str(tmp_path / "disks" / "data.qcow2")],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert check.returncode == 0, check.stdout
+    check_clean(tmp_path / "disks" / "data.qcow2")
 
 
 def test_an_ext4_file_system_the_guest_made_is_found_by_a_later_boot(

@@ -14,9 +14,9 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+from required_tools import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ_DIR = ROOT / "native" / "fuzz"
@@ -47,21 +47,15 @@ def fuzz_seconds() -> int:
     return 120 if os.environ.get("CI") else 20
 
 
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI runs every check (`bash scripts/setup` as root)", pytrace=False)
-    pytest.skip(reason)
-
-
 def _clang() -> str:
     clang = shutil.which("clang")
     if clang is None:
-        _unavailable("clang is not installed (Debian: apt-get install clang)")
+        unavailable("clang is not installed (Debian: apt-get install clang)")
     found = subprocess.run(
         [clang, f"-print-file-name={FUZZER_LIB}"], capture_output=True, text=True, check=False
     ).stdout.strip()
     if not Path(found).is_file():
-        _unavailable(f"libFuzzer ({FUZZER_LIB}) is not installed (Debian: libclang-rt-14-dev)")
+        unavailable(f"libFuzzer ({FUZZER_LIB}) is not installed (Debian: libclang-rt-14-dev)")
     return clang
 
 
