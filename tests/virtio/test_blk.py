@@ -30,6 +30,7 @@ from blk_guest import (
 from driver import Buffer
 from test_mmio_transport import wait_for
 
+from runner.config import checks
 from runner.config.devices import BlockDevice
 from runner.devices.virtio.blk import (
     CONFIG,
@@ -40,6 +41,7 @@ from runner.devices.virtio.blk import (
     F_SEG_MAX,
     F_SIZE_MAX,
     F_WRITE_ZEROES,
+    ID_BYTES,
     DiskError,
     DiskInUse,
     RawDisk,
@@ -535,3 +537,9 @@ def test_a_host_block_device_is_a_disk(
     assert host_bytes(image, 216, 512) == bytes(range(256)) * 2
     # A loop device's discard punches a hole in its backing file.
     assert host_bytes(image, 1024, 2048 * 512) == bytes(2048 * 512)
+
+
+def test_validation_knows_the_serial_is_as_long_as_get_id_answers() -> None:
+    # runner/config/checks.py cannot load the native module (validation stays light): its
+    # copy of the serial's length must be the device's.
+    assert checks.DISK_SERIAL_BYTES == ID_BYTES == 20
