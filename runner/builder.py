@@ -31,7 +31,7 @@ from runner.arch.x86_64 import (
     pvh,
     smbios,
 )
-from runner.boot import bzimage, cmdline, krunfw
+from runner.boot import bzimage, cmdline
 from runner.boot.loader import KernelImageError, LoadedKernel, load_kernel
 from runner.config.devices import BlockDevice
 from runner.config.model import VmResources
@@ -43,7 +43,6 @@ from runner.devices.legacy import cmos, guest_ports, i8042, pci_absent, serial, 
 from runner.devices.legacy.serial_output import SerialOutput, open_output_file
 from runner.devices.virtio import console_plan
 from runner.devices.virtio.balloon import VirtioBalloon
-from runner.devices.virtio.blk import Qcow2Disk, RawDisk, VirtioBlk
 from runner.devices.virtio.console_endpoints import build_console
 from runner.devices.virtio.interrupt import InterruptLine
 from runner.devices.virtio.mmio import MmioTransport, VirtioBackend
@@ -193,6 +192,8 @@ def _write(memory: GuestMemory, gpa: int, data: bytes, what: str) -> None:
 def _load_kernel(resources: VmResources) -> LoadedKernel:
     bundle = resources.kernel_bundle
     if bundle is not None:
+        from runner.boot import krunfw  # only for a bundle (each import costs inside QEMU)
+
         try:
             return krunfw.load_bundle(bundle.library, bundle.guest_addr)
         except krunfw.KrunfwError as exc:
@@ -362,6 +363,9 @@ def _console(
 def _block(
     machine: Machine, slot: VirtioSlot, _consoles: Sequence[console_plan.ConsolePlan]
 ) -> VirtioBackend:
+    # Only for a VM with disks: imports cost at emulated speed (the emulated host).
+    from runner.devices.virtio.blk import Qcow2Disk, RawDisk, VirtioBlk
+
     config = slot.config
     assert isinstance(config, BlockDevice)
     # Where the sectors come from, by format: the one place a kind of disk is chosen.

@@ -7,21 +7,24 @@ pays only for what it uses.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from runner.exit_status import ExitStatus
 
 if TYPE_CHECKING:
+    import argparse
+
     from runner.config.load import VmFile
+    from runner.config.model import VmResources
 
 
 def seconds(text: str) -> float:
     """A duration option: a positive number of seconds; anything else is a usage error."""
+    import argparse
+
     try:
         value = float(text)
     except ValueError:
@@ -35,6 +38,8 @@ COMMANDS = ("validate", "schema", "show", "run", "emulated-host")
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse  # here: the vmrun inside the emulated host parses no command line
+
     parser = argparse.ArgumentParser(
         prog="vmrun",
         description="Run Linux microVMs described by TOML or JSON files.",
@@ -121,12 +126,17 @@ FAILURE_STATUS = {
 DEBUG_ENV = "VMRUN_DEBUG"  # 1: a vmrun bug shows its traceback on stderr
 
 
+def split_workload(argv: Sequence[str] | None) -> tuple[list[str], list[str] | None]:
+    """vmrun's own arguments, and the workload after `--` (None without one)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in args:
+        return args, None
+    cut = args.index("--")
+    return args[:cut], args[cut + 1 :]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    workload: list[str] | None = None
-    if "--" in args_in:
-        cut = args_in.index("--")
-        args_in, workload = args_in[:cut], args_in[cut + 1 :]
+    args_in, workload = split_workload(argv)
     parser = _parser()
     if args_in and args_in[0] not in COMMANDS and not args_in[0].startswith("-"):
         if not _names_a_vm_file(args_in[0]):
@@ -139,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("emulated-host needs a command: vmrun emulated-host -- CMD ARGS...")
     if workload == []:
         parser.error("`--` must be followed by a command")
-    return _outcome(args, workload)
+    return outcome(args.command, lambda: _dispatch(args, workload))
 
 
 def _names_a_vm_file(word: str) -> bool:
@@ -163,18 +173,19 @@ def _unknown_command(word: str) -> str:
     )
 
 
-def _outcome(args: argparse.Namespace, workload: list[str] | None) -> int:
-    """The command's exit status: the one place where errors become statuses."""
+def outcome(command: str, work: Callable[[], int]) -> int:
+    """The exit status of `command` doing `work`: the one place where errors become
+    statuses (also for the vmrun inside the emulated host, runner/emulated/inside.py)."""
     from runner import termination
     from runner.config.problems import ConfigError
     from runner.errors import VmrunError, describe
 
-    failure = FAILURE_STATUS[args.command]
+    failure = FAILURE_STATUS[command]
     # SIGTERM stops `run` and `emulated-host` as Ctrl-C does: what they started is removed.
-    starts_things = args.command in ("run", "emulated-host")
+    starts_things = command in ("run", "emulated-host")
     try:
         with termination.sigterm_unwinds() if starts_things else contextlib.nullcontext():
-            return _dispatch(args, workload)
+            return work()
     except KeyboardInterrupt:
         return 128 + 2
     except termination.Terminated:
@@ -271,6 +282,8 @@ def validate(files: list[str], fmt: str) -> int:
             else:
                 _say(f"{file}: {message}" if len(files) > 1 else message)
     if fmt == "json":
+        import json
+
         print(json.dumps(records, indent=2))
     elif invalid:
         print(f"{invalid} of {len(files)} file(s) invalid", file=sys.stderr)
@@ -292,6 +305,8 @@ def show(file: str, fmt: str) -> int:
     vm = load(file)
     document = unstructure(vm.resources)
     if fmt == "json":
+        import json
+
         print(json.dumps(document, indent=2))
         return ExitStatus.OK
     import tomli_w
@@ -309,13 +324,23 @@ def show(file: str, fmt: str) -> int:
 def run(
     file: str, host: str, workload: list[str] | None, timeout_s: float, show_timings: bool
 ) -> int:
+    return _timed(show_timings, lambda: _run(file, host, workload, timeout_s))
+
+
+def run_prepared(path: str, workload: list[str] | None, show_timings: bool) -> int:
+    """`vmrun run` inside the emulated host: the VM that the vmrun outside loaded and
+    checked (runner/emulated/prepared_vm.py), on this host's KVM."""
+    return _timed(show_timings, lambda: _run_prepared(path, workload))
+
+
+def _timed(show_timings: bool, work: Callable[[], int]) -> int:
     from runner import timings
 
     if show_timings:
         timings.TIMELINE.enable()
         timings.mark(f"vmrun started{_where()}")
     try:
-        return _run(file, host, workload, timeout_s)
+        return work()
     finally:
         timings.TIMELINE.report(sys.stderr)
 
@@ -340,7 +365,16 @@ def _run(file: str, host: str, workload: list[str] | None, timeout_s: float) -> 
         if host == "auto":
             _say(f"{status.reason}; running in the emulated KVM host")
         return _run_emulated(vm, workload, timeout_s)
-    return _run_on_kvm(vm, workload)
+    return _run_on_kvm(vm.resources, workload)
+
+
+def _run_prepared(path: str, workload: list[str] | None) -> int:
+    from runner import timings
+    from runner.emulated import prepared_vm
+
+    resources = prepared_vm.read(path)
+    timings.mark(f"VM received{_where()}")
+    return _run_on_kvm(resources, workload)
 
 
 def _where() -> str:
@@ -350,12 +384,12 @@ def _where() -> str:
     return " (inside the emulated host)" if inside_emulated_host() else ""
 
 
-def _run_on_kvm(vm: VmFile, workload: list[str] | None) -> int:
+def _run_on_kvm(resources: VmResources, workload: list[str] | None) -> int:
     from runner import progress, timings
     from runner.builder import build, workload_argv
     from runner.vmm import run_machine
 
-    machine = build(vm.resources, workload_argv(vm.resources, workload))
+    machine = build(resources, workload_argv(resources, workload))
     timings.mark("machine built")
     progress.phase("booting the VM")
     ending = run_machine(machine)

@@ -195,7 +195,7 @@ def test_run_timings_name_every_phase(tmp_path: Path) -> None:
         "vmrun started",
         "VM file loaded",
         *(["guest provisioned", "emulated host booted"] if inside else []),
-        *([f"vmrun started{inside}", f"VM file loaded{inside}"] if inside else []),
+        *([f"vmrun started{inside}", f"VM received{inside}"] if inside else []),
         "initramfs ready",
         "machine built",
         "kernel entered (vCPUs running)",

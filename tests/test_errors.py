@@ -149,3 +149,44 @@ def test_a_refused_file_is_refused_before_the_emulated_host(
     )
     assert cli.main(["run", "--host", "emulated", str(vm)]) == 125
     assert ": net: virtio-net is not built yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=list(ERRORS))
+def test_an_error_inside_the_emulated_host_is_one_line_and_125(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    error: str,
+) -> None:
+    # The vmrun inside runs the VM the outside prepared; its errors end the same way.
+    from runner.config.load import load
+    from runner.emulated import inside, prepared_vm
+
+    prepared = prepared_vm.write(load(DEV).resources, str(tmp_path))
+    monkeypatch.setattr("runner.builder.build", _raiser(ERRORS[error]))
+    assert inside.main([prepared]) == 125
+    assert capsys.readouterr().err == MESSAGES[error] + "\n"
+
+
+def test_a_damaged_prepared_vm_is_one_line_and_125(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from runner.emulated import inside
+
+    (tmp_path / "vm.pickle").write_bytes(b"\x80\x05junk")
+    assert inside.main([str(tmp_path / "vm.pickle"), "--", "true"]) == 125
+    err = capsys.readouterr().err
+    assert err.startswith(f"vmrun: {tmp_path / 'vm.pickle'}: not a VM prepared by vmrun (")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["a", "b"], ["a", "--"], ["--timings"]], ids=["none", "two", "empty-cmd", "flag"]
+)
+def test_the_inside_entry_says_its_usage(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    from runner.emulated import inside
+
+    assert inside.main(argv) == 2
+    assert capsys.readouterr().err.startswith("usage: python -m runner.emulated.inside PREPARED")

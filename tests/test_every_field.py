@@ -286,7 +286,7 @@ def test_every_field_is_used_or_refused(
     # As on a host that has libkrunfw: a bundle is refused only for what this build lacks.
     monkeypatch.setattr("runner.unsupported.check_library", lambda _library: None)
     bundle_kernel = load_kernel(fake_bzimage(), "bzimage", name="bundle")
-    monkeypatch.setattr(builder.krunfw, "load_bundle", lambda _library, _addr: bundle_kernel)
+    monkeypatch.setattr("runner.boot.krunfw.load_bundle", lambda _library, _addr: bundle_kernel)
     resources = load_sample(name, sample_dir)
     refused = [problem.path for problem in refusals(resources)]
     left = [(field, path) for field, path in set_fields(resources) if not _within(path, refused)]

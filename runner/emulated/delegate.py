@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from contextlib import ExitStack
 from typing import BinaryIO
 
@@ -21,7 +22,7 @@ from runner.config.model import VmResources
 from runner.config.paths import host_paths
 from runner.devices.legacy.serial_output import open_output_file
 from runner.devices.virtio import console_plan
-from runner.emulated import output_ports
+from runner.emulated import output_ports, prepared_vm
 from runner.emulated.host import Outcome, Settings, run_in_host
 from runner.emulated.image import provision
 from runner.emulated.output_ports import OUTPUT_PORTS_ENV, encode, port_name
@@ -72,17 +73,12 @@ def output_files(
 
 
 def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: float) -> Outcome:
-    # With --timings, the vmrun inside sends its phases to this one's timeline.
-    show_timings = ["--timings"] if timings.TIMELINE.enabled else []
-    # -S: the interpreter inside skips site's work (the venv's .pth files, the editable
-    # install's finder: a second of emulated time) and gets this one's module path instead.
-    argv = [sys.executable, "-S", "-m", "runner", "run", *show_timings, "--host", "kvm"]
-    argv.append(os.path.abspath(vm.path))
-    if workload is not None:
-        argv += ["--", *workload]
     memory = max(MIN_HOST_MIB, vm.resources.machine.mem_size_mib + HOST_OVERHEAD_MIB)
     compile_modules()
     with ExitStack() as stack:
+        # The VM as loaded here, for the vmrun inside, which sees this directory read-only.
+        prepared = stack.enter_context(tempfile.TemporaryDirectory(prefix="vmrun-vm-"))
+        argv = inside_argv(prepared_vm.write(vm.resources, prepared), workload)
         outputs, ports_env = output_files(vm, stack)
         settings = Settings(
             cpus=host_cpus(vm.resources.machine.vcpu_count),
@@ -97,6 +93,17 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
             stdin="raw" if reads_stdin(vm.resources) else "null",
         )
         return run_in_host(provision(), argv, settings, sys.stdout.buffer, sys.stderr.buffer)
+
+
+def inside_argv(prepared: str, workload: list[str] | None) -> list[str]:
+    """The vmrun inside: `prepared` on its KVM (runner/emulated/inside.py). With --timings,
+    it sends its phases to this one's timeline."""
+    # -S: the interpreter inside skips site's work (the venv's .pth files, the editable
+    # install's finder: a second of emulated time) and gets this one's module path instead.
+    argv = [sys.executable, "-S", "-m", "runner.emulated.inside", prepared]
+    if timings.TIMELINE.enabled:
+        argv.append("--timings")
+    return argv + (["--", *workload] if workload is not None else [])
 
 
 def reads_stdin(resources: VmResources) -> bool:
@@ -127,8 +134,14 @@ def compile_modules() -> None:
     run, at emulated speed. Up-to-date modules cost a stat each; failures change nothing."""
     import compileall
 
+    from runner.guest.initramfs import NATIVE_INIT
+
     package = os.path.dirname(os.path.abspath(runner.__file__))
     compileall.compile_dir(package, quiet=2)
+    # The guest init's build script, which the builder loads to see whether the init is
+    # current (an installed wheel has none).
+    if (NATIVE_INIT / "build.py").exists():
+        compileall.compile_file(str(NATIVE_INIT / "build.py"), quiet=2)
 
 
 def module_path() -> str:

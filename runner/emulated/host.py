@@ -194,6 +194,9 @@ def _qemu_command(
         "-accel", f"tcg,thread={settings.tcg_threads}",
         "-cpu", "max",
         "-machine", "q35",
+        # qboot (qemu-system-data) rather than SeaBIOS: it only loads the kernel, about half a
+        # second sooner under TCG.
+        "-bios", "qboot.rom",
         "-smp", str(settings.cpus),
         "-m", str(settings.memory_mib),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",

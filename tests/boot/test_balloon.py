@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from guest_ram import guest_ram_kib
 
 pytestmark = pytest.mark.boot
 
@@ -38,18 +39,6 @@ SCRIPT = (
     "{ head -c 1 >/dev/null; echo held; read go <&3; cat >/dev/null; }; "
     "echo freed; read go; echo done"
 )
-
-
-def guest_ram_rss_kib(pid: int) -> int:
-    """Resident KiB of vmrun's mappings of guest RAM (the memfd of runner/kvm/memory.py)."""
-    total, in_ram = 0, False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
-        field = line.split()
-        if "-" in field[0] and not field[0].endswith(":"):  # a mapping's first line
-            in_ram = "memfd:vmrun-guest-ram" in line
-        elif in_ram and field[0] == "Rss:":
-            total += int(field[1])
-    return total
 
 
 def test_memory_the_guest_frees_goes_back_to_the_host(
@@ -78,19 +67,19 @@ def test_memory_the_guest_frees_goes_back_to_the_host(
 
     try:
         wait_for_line("start")
-        before = guest_ram_rss_kib(proc.pid)
+        before = guest_ram_kib(proc.pid)
         go()
         wait_for_line("held")
-        held = guest_ram_rss_kib(proc.pid)
+        held = guest_ram_kib(proc.pid)
         go()
         wait_for_line("freed")
         # Reporting starts about 2 s after the free and goes a zone at a time; the emulated
         # host is slow and shared: wait until most of the allocation is back, at most 3 min.
         deadline = time.monotonic() + 180
-        after = guest_ram_rss_kib(proc.pid)
+        after = guest_ram_kib(proc.pid)
         while held - after < ALLOCATION * 3 // 4 and time.monotonic() < deadline:
             time.sleep(1)
-            after = guest_ram_rss_kib(proc.pid)
+            after = guest_ram_kib(proc.pid)
         settled = time.monotonic() - (deadline - 180)
         go()
         wait_for_line("done")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -191,3 +192,33 @@ def test_closed_memory_refuses_access_in_python_and_in_c() -> None:
         memory.host_regions()
     assert c_pointer(memory, 0, 1) is None
     assert "closed" in repr(memory)
+
+
+# ---- huge pages -------------------------------------------------------------------------------
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of this process's mapping that starts at `address` (proc(5): `hg` is
+    MADV_HUGEPAGE)."""
+    with open("/proc/self/smaps") as smaps:
+        lines = smaps.read().splitlines()
+    start = None
+    for line in lines:
+        head = line.split(maxsplit=1)[0]
+        if "-" in head and ":" not in head:
+            start = int(head.split("-")[0], 16)
+        elif line.startswith("VmFlags:") and start == address:
+            return line.split()[1:]
+    raise AssertionError(f"no mapping starts at {address:#x}")
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/sys/kernel/mm/transparent_hugepage"),
+    reason="this kernel has no transparent huge pages (madvise refuses MADV_HUGEPAGE)",
+)
+def test_guest_ram_asks_for_huge_pages() -> None:
+    # As QEMU does for its RAM: where the host allows huge shmem pages on request
+    # (transparent_hugepage/shmem_enabled = advise), KVM maps the guest 2 MiB at a time.
+    with GuestMemory(GAPPED) as memory:
+        for _region, host in memory.host_regions():
+            assert "hg" in _vm_flags(host)
