@@ -199,3 +199,30 @@ def test_vmrun_s_stdin_goes_in_only_for_a_vm_that_reads_it(
     # "raw": a terminal there becomes the VM's console; otherwise the workload gets /dev/null
     # and a `while read` loop around vmrun keeps its lines.
     assert seen[0].stdin == ("raw" if reads else "null")
+
+
+def test_the_vmrun_inside_runs_the_prepared_vm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner import timings
+
+    argv = delegate.inside_argv("/tmp/vmrun-vm-x/vm.pickle", ["/bin/sh", "-c", "exit 3"])
+    assert argv == [
+        sys.executable, "-S", "-m", "runner.emulated.inside", "/tmp/vmrun-vm-x/vm.pickle",
+        "--", "/bin/sh", "-c", "exit 3",
+    ]  # fmt: skip
+    assert delegate.inside_argv("p", None)[-1] == "p"  # the file's own workload
+    monkeypatch.setattr(timings, "TIMELINE", timings.Timeline())
+    timings.TIMELINE.enable()
+    assert delegate.inside_argv("p", None)[-2:] == ["p", "--timings"]
+
+
+def test_modules_the_vmrun_inside_loads_are_compiled_outside() -> None:
+    # Inside, the checkout is read-only: a module without a current .pyc would be compiled
+    # at emulated speed on every run. The guest init's build script is loaded by path.
+    import importlib.util
+
+    from runner.guest.initramfs import NATIVE_INIT
+
+    delegate.compile_modules()
+    for source in (Path(delegate.__file__), NATIVE_INIT / "build.py"):
+        compiled = Path(importlib.util.cache_from_source(str(source)))
+        assert compiled.stat().st_mtime_ns >= source.stat().st_mtime_ns, compiled
