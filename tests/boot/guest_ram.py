@@ -1,8 +1,20 @@
-"""What /proc says of vmrun's mappings of guest RAM (the memfd of runner/kvm/memory.py)."""
+"""Guest RAM seen from the host: a VM that talks over its serial console (so a test can
+wait for it while it holds its memory), and what /proc says of vmrun's mappings of guest RAM
+(the memfd of runner/kvm/memory.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+
+def serial_console_vm(mem_mib: int) -> str:
+    """A one-vCPU VM of `mem_mib` whose console is the serial port on vmrun's stdin and
+    stdout (no virtio console: nothing else reads stdin)."""
+    return (
+        "disable_implicit_console = true\n"
+        'serial_consoles = [{ input = "stdin", output = "stdout" }]\n\n'
+        f"[machine]\nvcpu_count = 1\nmem_size_mib = {mem_mib}\n"
+    )
 
 
 def guest_ram_kib(pid: int, field: str = "Rss") -> int:

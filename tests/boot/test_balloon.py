@@ -15,20 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from guest_ram import guest_ram_kib
+from guest_ram import guest_ram_kib, serial_console_vm
 
 pytestmark = pytest.mark.boot
 
 MIB = 1024  # in KiB, as /proc says
 ALLOCATION = 256 * MIB
-VM = """\
-disable_implicit_console = true
-serial_consoles = [{ input = "stdin", output = "stdout" }]
-
-[machine]
-vcpu_count = 1
-mem_size_mib = 512
-"""
+VM = serial_console_vm(512)
 # dd reads 256 MiB of zeros into one buffer (every page touched), then blocks writing it to
 # a pipe whose reader says "held" at the first byte and waits for the test before it drains:
 # dd holds the buffer until then. Each `read` waits for a line from the test (fd 3: the

@@ -13,19 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from guest_ram import guest_ram_kib
+from guest_ram import guest_ram_kib, serial_console_vm
 
 pytestmark = pytest.mark.boot
 
 SHMEM_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
-VM = """\
-disable_implicit_console = true
-serial_consoles = [{ input = "stdin", output = "stdout" }]
-
-[machine]
-vcpu_count = 1
-mem_size_mib = 256
-"""
+VM = serial_console_vm(256)
 
 
 def test_the_host_allows_huge_shmem_pages_on_request() -> None:
