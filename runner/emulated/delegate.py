@@ -100,7 +100,9 @@ def inside_argv(prepared: str, workload: list[str] | None) -> list[str]:
     it sends its phases to this one's timeline."""
     # -S: the interpreter inside skips site's work (the venv's .pth files, the editable
     # install's finder: a second of emulated time) and gets this one's module path instead.
-    argv = [sys.executable, "-S", "-m", "runner.emulated.inside", prepared]
+    # -P: it runs in the user's directory, which `-m` would put first on the module path: a
+    # `runner` package there would be run instead of vmrun's.
+    argv = [sys.executable, "-S", "-P", "-m", "runner.emulated.inside", prepared]
     if timings.TIMELINE.enabled:
         argv.append("--timings")
     return argv + (["--", *workload] if workload is not None else [])

@@ -206,7 +206,7 @@ def test_the_vmrun_inside_runs_the_prepared_vm(monkeypatch: pytest.MonkeyPatch) 
 
     argv = delegate.inside_argv("/tmp/vmrun-vm-x/vm.pickle", ["/bin/sh", "-c", "exit 3"])
     assert argv == [
-        sys.executable, "-S", "-m", "runner.emulated.inside", "/tmp/vmrun-vm-x/vm.pickle",
+        sys.executable, "-S", "-P", "-m", "runner.emulated.inside", "/tmp/vmrun-vm-x/vm.pickle",
         "--", "/bin/sh", "-c", "exit 3",
     ]  # fmt: skip
     assert delegate.inside_argv("p", None)[-1] == "p"  # the file's own workload
@@ -226,3 +226,16 @@ def test_modules_the_vmrun_inside_loads_are_compiled_outside() -> None:
     for source in (Path(delegate.__file__), NATIVE_INIT / "build.py"):
         compiled = Path(importlib.util.cache_from_source(str(source)))
         assert compiled.stat().st_mtime_ns >= source.stat().st_mtime_ns, compiled
+
+
+def test_the_vmrun_inside_runs_no_code_from_the_user_s_directory(tmp_path: Path) -> None:
+    # It runs in the user's directory: a `runner` package there must not be imported.
+    fake = tmp_path / "runner"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    argv = delegate.inside_argv(str(tmp_path / "missing.pickle"), None)
+    env = {**os.environ, "PYTHONPATH": delegate.module_path()}
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert not (tmp_path / "ran").exists()
+    assert result.returncode == 125, result.stderr
+    assert result.stderr.startswith("vmrun: "), result.stderr
