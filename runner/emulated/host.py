@@ -116,6 +116,10 @@ def run_in_host(
         with open(scratch_path / "qemu.log", "wb") as qemu_log:
             proc = subprocess.Popen(
                 cmd,
+                # QEMU looks for its firmware and option ROMs (qboot.rom, pvh.bin, ...) in its
+                # working directory before its own: not in the user's, where a file of that
+                # name would become the emulated host's firmware.
+                cwd=scratch,
                 stdin=subprocess.DEVNULL,
                 stdout=qemu_log,
                 stderr=subprocess.STDOUT,
@@ -202,8 +206,8 @@ def _qemu_command(
         "-smp", str(settings.cpus),
         "-m", str(settings.memory_mib),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-kernel", str(image.kernel),
-        "-initrd", str(image.initramfs),
+        "-kernel", os.path.abspath(image.kernel),  # QEMU runs in the scratch directory
+        "-initrd", os.path.abspath(image.initramfs),
         "-append", "console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init cryptomgr.notests",
         "-serial", f"file:{scratch / 'console.log'}",
         "-device", "virtio-serial-pci,id=ports",

@@ -67,6 +67,16 @@ def test_command_not_found_is_127(tmp_path: Path) -> None:
     assert "no-such-command-here" in result.stderr
 
 
+def test_qemu_takes_no_firmware_from_the_user_s_directory(tmp_path: Path) -> None:
+    # QEMU looks for its firmware and option ROMs in its working directory first: files of
+    # their names where vmrun is run must not become the emulated host's firmware.
+    for name in ("qboot.rom", "pvh.bin", "linuxboot_dma.bin", "kvmvapic.bin"):
+        (tmp_path / name).write_bytes(b"\xf4" * 65536)  # hlt, everywhere
+    result = run(["--", "sh", "-c", "echo booted"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "booted\n"
+
+
 def test_output_streams_in_order_and_as_it_comes(tmp_path: Path) -> None:
     script = "for i in $(seq 1 300); do echo out $i; done; echo err 1 >&2; sleep 4; echo last"
     proc = subprocess.Popen(
