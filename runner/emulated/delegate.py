@@ -1,4 +1,5 @@
-"""`vmrun run --host emulated`: the same `vmrun run` inside the emulated host, on its real KVM.
+"""`vmrun run --host emulated`: the VM, as loaded here, run by a vmrun inside the emulated host
+on its real KVM (runner/emulated/inside.py).
 
 The VM's console streams through and its exit status comes back unchanged; vmrun's stdin
 goes in when the VM reads it, a terminal there in raw mode as the VM's console. What the VM
