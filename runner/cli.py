@@ -433,6 +433,7 @@ def emulated_host(
         writable=writable,
         hung_after_s=hung_after_s,
         stdin="pass",  # the command's own: `... | vmrun emulated-host -- cat` reads it to its end
+        snapshot=True,
     )
     outcome = run_in_host(image, argv, settings, sys.stdout.buffer, sys.stderr.buffer)
     if outcome.message:

@@ -92,6 +92,7 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
             # Only a VM that reads stdin takes it: `while read f; do vmrun run ...; done`
             # keeps its lines otherwise.
             stdin="raw" if reads_stdin(vm.resources) else "null",
+            snapshot=True,
         )
         return run_in_host(provision(), argv, settings, sys.stdout.buffer, sys.stderr.buffer)
 

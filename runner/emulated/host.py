@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -31,15 +31,16 @@ import attrs
 
 from runner import progress, terminal, timings
 from runner.cache import cache_dir
+from runner.emulated import snapshot
 from runner.emulated.image import HostImage
 from runner.emulated.inbound_ports import InboundPorts, StdinMode
+from runner.emulated.qemu_command import QEMU, qemu_command
 from runner.errors import VmrunError
 from runner.guest.debian import OFFLINE_ENV
 from runner.host_kvm import INSIDE_ENV
 
 TIMED_OUT = 124  # as timeout(1)
 HARNESS_FAILURE = 125  # vmrun's own failure, not the command's
-QEMU = "qemu-system-x86_64"
 PR_SET_PDEATHSIG = 1
 HEARTBEAT_POLL_S = 2.0
 Ended = Literal["ended", "timed out", "hung"]
@@ -68,6 +69,9 @@ class Settings:
     # The command's stdin: "null" (/dev/null), "pass" (this one's, to its end), "raw" (as
     # "pass", with a terminal there in raw mode: the console of a VM run in there).
     stdin: StdinMode = "null"
+    # Restore the host from its saved state, saving it first if there is none
+    # (runner/emulated/snapshot.py): `vmrun run` and `vmrun emulated-host`.
+    snapshot: bool = False
 
 
 @attrs.frozen
@@ -89,30 +93,84 @@ def run_in_host(
     stdout: BinaryIO,
     stderr: BinaryIO,
 ) -> Outcome:
-    """Boot the emulated host, run `argv` in it, and return its outcome."""
+    """Boot the emulated host (or restore it, `Settings.snapshot`), run `argv` in it, and
+    return its outcome."""
     missing = qemu_missing()
     if missing:
         return Outcome(HARNESS_FAILURE, missing)
     cwd = os.getcwd()
-    progress.phase("booting the emulated KVM host")
+    shared = (cwd,) if settings.writable_cwd else ()
+    writable = _writable_dirs((*shared, *settings.writable))
+    saved = _snapshot_plan(image, settings, writable)
+    if saved is not None and saved.restore:
+        outcome = _run(image, argv, settings, (cwd, writable), (stdout, stderr), saved)
+        if outcome is not None:
+            return outcome
+        # QEMU could not load it (another QEMU, a damaged file), before anything of the run
+        # happened: boot the host, and save it again.
+        saved.path.unlink(missing_ok=True)
+        saved = snapshot.Plan(saved.path, restore=False)
+    outcome = _run(image, argv, settings, (cwd, writable), (stdout, stderr), saved)
+    assert outcome is not None  # only a restore can fail to start
+    return outcome
+
+
+def _snapshot_plan(
+    image: HostImage, settings: Settings, writable: list[str]
+) -> snapshot.Plan | None:
+    names = tuple(name for name, _ in settings.outputs)
+    if not settings.snapshot or not snapshot.fits(names, len(writable)):
+        return None
+    qemu = shutil.which(QEMU) or QEMU
+    path = snapshot.state_file(
+        image, qemu, settings.cpus, settings.memory_mib, settings.tcg_threads
+    )
+    return snapshot.plan(path)
+
+
+def _run(
+    image: HostImage,
+    argv: Sequence[str],
+    settings: Settings,
+    where: tuple[str, list[str]],
+    sinks: tuple[BinaryIO, BinaryIO],
+    saved: snapshot.Plan | None,
+) -> Outcome | None:
+    """One QEMU: its outcome, or None when it could not restore `saved`."""
+    cwd, writable = where
+    if saved is None or not saved.restore:
+        progress.phase("booting the emulated KVM host")
     with tempfile.TemporaryDirectory(prefix="vmrun-host-") as scratch, ExitStack() as stack:
         scratch_path = Path(scratch)
         (scratch_path / "tmp").mkdir()
-        # Not the cache: it is provisioned here before the host boots, and what runs inside
-        # sees it read-only (with the rest of this machine's files), so nothing there can
-        # plant a file that vmrun out here would later unpack, build from or run.
-        shared = (cwd,) if settings.writable_cwd else ()
-        writable = _writable_dirs((*shared, *settings.writable))
         # Closed (and the terminal restored) after QEMU ends, before the scratch directory goes.
         inbound = stack.enter_context(InboundPorts(scratch_path, settings.stdin))
-        _write_job(scratch_path, argv, cwd, writable, {**dict(settings.env), **inbound.facts.env()})
+        env = {**dict(settings.env), **inbound.facts.env()}
+        _write_job(scratch_path, argv, cwd, writable, env, unused=inbound.unused)
+        go = None
+        passed: list[int] = []  # the saved state's fd
+        if saved is not None and not snapshot.sockets_fit(scratch_path):
+            saved = None  # a long TMPDIR: this run boots the host, as one that cannot be saved
+        if saved is not None:
+            go = snapshot.GoPort(scratch_path)
+            stack.callback(go.close)
+            if saved.restore:
+                try:
+                    state = os.open(saved.path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:  # pruned by another vmrun meanwhile
+                    return None
+                stack.callback(os.close, state)
+                passed.append(state)
         # A virtio-serial port per stream: the job's stdout and stderr, the VM's output files
         # (`settings.outputs`), and `events`: lines that the init and the vmrun inside write
         # as phases end (runner/timings.py), stamped here on arrival.
-        streams = [("stdout", stdout), ("stderr", stderr), *settings.outputs]
+        streams = [("stdout", sinks[0]), ("stderr", sinks[1]), *settings.outputs]
         ends = {name: os.pipe() for name in [name for name, _ in streams] + ["events"]}
         pipes = tuple((name, w) for name, (_, w) in ends.items())
-        cmd = _qemu_command(image, settings, scratch_path, writable, pipes, inbound.sockets)
+        passed = [w for _, w in pipes] + passed
+        cmd = qemu_command(
+            image, settings, scratch_path, (writable, pipes, inbound.sockets), saved, passed
+        )
         with open(scratch_path / "qemu.log", "wb") as qemu_log:
             proc = subprocess.Popen(
                 cmd,
@@ -123,7 +181,7 @@ def run_in_host(
                 stdin=subprocess.DEVNULL,
                 stdout=qemu_log,
                 stderr=subprocess.STDOUT,
-                pass_fds=[w for _, w in pipes],
+                pass_fds=passed,
                 start_new_session=True,  # Ctrl-C reaches vmrun, which stops QEMU itself
                 preexec_fn=_die_with_parent,
             )
@@ -132,15 +190,40 @@ def run_in_host(
         pumps = [_pump(ends[name][0], sink) for name, sink in streams]
         pumps.append(_event_pump(ends["events"][0]))
         try:
-            inbound.start(proc)
-            ended = _wait(proc, settings, scratch_path / "heartbeat")
+            started: snapshot.Started = "going"
+            if saved is not None and go is not None:
+                wait_s = min(settings.timeout_s, settings.hung_after_s)
+                waited: Ended = "timed out" if wait_s == settings.timeout_s else "hung"
+                monitor = scratch_path / snapshot.MONITOR_SOCKET
+                started = snapshot.start(saved, go, proc, monitor, wait_s, waited)
+            if started == "not restored":
+                return None
+            if started == "going":
+                # Only now: a restore that failed has taken nothing of vmrun's stdin.
+                inbound.start(proc)
+                ended = _wait(proc, settings, scratch_path / "heartbeat")
+            else:
+                ended = started
         finally:
             _stop(proc)
             for pump in pumps:
                 pump.join(timeout=5)
             if settings.console_log:
                 shutil.copyfile(scratch_path / "console.log", settings.console_log)
-        return _outcome(scratch_path, proc, ended, settings, argv)
+        outcome = _outcome(scratch_path, proc, ended, settings, argv)
+        if saved is not None and saved.restore:
+            _forget_if_broken(
+                saved.path, outcome, started_job=(scratch_path / "heartbeat").exists()
+            )
+        return outcome
+
+
+def _forget_if_broken(state: Path, outcome: Outcome, started_job: bool) -> None:
+    """A restored host that failed before its job began (no heartbeat yet) may have been
+    restored from a bad state, which QEMU loaded but the host cannot run from: the next run
+    boots afresh. One that failed later may have been failed by its command: kept."""
+    if outcome.status == HARNESS_FAILURE and not started_job:
+        state.unlink(missing_ok=True)
 
 
 def _writable_dirs(paths: Sequence[str]) -> list[str]:
@@ -155,7 +238,12 @@ def _writable_dirs(paths: Sequence[str]) -> list[str]:
 
 
 def _write_job(
-    scratch: Path, argv: Sequence[str], cwd: str, writable: list[str], extra_env: dict[str, str]
+    scratch: Path,
+    argv: Sequence[str],
+    cwd: str,
+    writable: list[str],
+    extra_env: dict[str, str],
+    unused: Sequence[str] = (),
 ) -> None:
     # Sourced by the init (PID 1): it must not exit, only report through `fail`.
     # (A 9p channel mounts once: the scratch directory, already on /scratch, is bound.)
@@ -166,6 +254,8 @@ def _write_job(
         for how, path in mounts
     ]
     lines.append(f"JOB={shlex.quote(str(scratch / 'job.sh'))}")
+    # A host that can be saved has every inbound port: these idle ones are not the job's.
+    lines.append(f"UNUSED_PORTS={shlex.quote(' '.join(unused))}")
     (scratch / "mounts.sh").write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if ENV_NAME.match(k)}
     env.pop(terminal.WINSIZE_PORT_ENV, None)  # the host's init names the port in there
@@ -174,55 +264,6 @@ def _write_job(
     job = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
     job += [f"cd {shlex.quote(cwd)} || exit 125", "exec " + shlex.join(argv)]
     (scratch / "job.sh").write_text("\n".join(job) + "\n")
-
-
-def _qemu_command(
-    image: HostImage,
-    settings: Settings,
-    scratch: Path,
-    writable: list[str],
-    pipes: Sequence[tuple[str, int]],
-    sockets: Mapping[str, Path],
-) -> list[str]:
-    def share(path: str, tag: str, read_only: bool = False) -> list[str]:
-        # QEMU splits an option's value at each comma; a doubled comma is a literal one, so
-        # a directory named "a,readonly=off" cannot add options of its own.
-        escaped = path.replace(",", ",,")
-        spec = f"local,path={escaped},mount_tag={tag},security_model=none,multidevs=remap"
-        return ["-virtfs", spec + (",readonly=on" if read_only else "")]
-
-    # loglevel=5: the console shows a kernel oops (printed at the default level, 4), so that
-    # a crash of the emulated host's own kernel says what failed. cryptomgr.notests: the
-    # crypto self-tests took 0.3 s of its boot under TCG, and nothing in this throwaway host
-    # (no disk, no network) relies on its crypto.
-    cmd = [
-        QEMU,
-        "-accel", f"tcg,thread={settings.tcg_threads}",
-        "-cpu", "max",
-        "-machine", "q35",
-        # qboot (qemu-system-data) rather than SeaBIOS: it only loads the kernel, about half a
-        # second sooner under TCG.
-        "-bios", "qboot.rom",
-        "-smp", str(settings.cpus),
-        "-m", str(settings.memory_mib),
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-kernel", os.path.abspath(image.kernel),  # QEMU runs in the scratch directory
-        "-initrd", os.path.abspath(image.initramfs),
-        "-append", "console=ttyS0 quiet loglevel=5 panic=-1 rdinit=/init cryptomgr.notests",
-        "-serial", f"file:{scratch / 'console.log'}",
-        "-device", "virtio-serial-pci,id=ports",
-    ]  # fmt: skip
-    for name, fd in pipes:
-        cmd += ["-chardev", f"file,id={name},path=/proc/self/fd/{fd}"]
-        cmd += ["-device", f"virtserialport,bus=ports.0,chardev={name},name={name}"]
-    for name, path in sockets.items():  # QEMU connects to vmrun's socket (inbound_ports.py)
-        escaped = str(path).replace(",", ",,")
-        cmd += ["-chardev", f"socket,id={name},path={escaped}"]
-        cmd += ["-device", f"virtserialport,bus=ports.0,chardev={name},name={name}"]
-    cmd += share("/", "host", read_only=True) + share(str(scratch), "scratch")
-    for index, path in enumerate(writable):
-        cmd += share(path, f"rw{index}")
-    return cmd
 
 
 def _die_with_parent() -> None:

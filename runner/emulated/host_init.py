@@ -1,7 +1,9 @@
 """PID 1 of the emulated host: a busybox shell script.
 
-It loads the modules, mounts the host's / read-only over 9p (tag `host`) and the job's
-scratch directory read-write (tag `scratch`), runs `/scratch/mounts.sh` (written by vmrun:
+It loads the modules, stops at the snapshot point when vmrun may save the host there
+(`vmrun.snapshot` on its command line; runner/emulated/snapshot.py), mounts the host's /
+read-only over 9p (tag `host`) and the job's scratch directory read-write (tag `scratch`),
+runs `/scratch/mounts.sh` (written by vmrun:
 the writable directories, mounted at their own paths), then runs `/scratch/job.sh` chrooted
 into the host's files with stdout and stderr on the virtio-serial ports `stdout` and
 `stderr`, and stdin on `stdin` (/dev/null without one; inbound_ports.py), while it rewrites
@@ -24,6 +26,26 @@ fail() { say "$*"; sync; poweroff -f; }
 # request, as a host set up for VMs does. Measured: the guest kernel's boot 4 s shorter.
 echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled || say "no shmem huge pages"
 for m in $(cat /etc/modules); do insmod /lib/modules/$m.ko || say "cannot load $m"; done
+ports() {
+  for port in /sys/class/virtio-ports/*; do
+    eval "port_$(cat $port/name)=/dev/${port##*/}"
+  done
+}
+# The snapshot point (runner/emulated/snapshot.py): vmrun may save this host here and start
+# later runs from here. What differs from run to run (files, clock, randomness) comes after.
+if grep -qw vmrun.snapshot /proc/cmdline; then
+  tries=0
+  until ports; [ -c "$port_go" ]; do  # the last port: the others are there before it
+    tries=$((tries + 1))
+    [ $tries -lt 200 ] || fail "no go port"
+    sleep 0.05
+  done
+  [ -c "$port_events" ] && echo "emulated host booted" > "$port_events"
+  echo ready > "$port_go"
+  read -r now entropy < "$port_go" || fail "vmrun did not say go"
+  date -s "@$now" > /dev/null || say "cannot set the clock"
+  echo "$entropy" > /dev/urandom
+fi
 P9=trans=virtio,version=9p2000.L,msize=262144
 # The host's / is read-only here and nobody changes it while a job runs: cache=loose lets
 # the guest keep its files and metadata, instead of asking QEMU at each stat and read (most of
@@ -38,15 +60,14 @@ mkdir -p /host/dev/pts /host/dev/shm 2>/dev/null
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs shm /host/dev/shm
 mount -t tmpfs run /host/run
-for port in /sys/class/virtio-ports/*; do
-  eval "port_$(cat $port/name)=/dev/${port##*/}"
-done
+ports
+for name in $UNUSED_PORTS; do eval "port_$name="; done
 [ -c "$port_stdout" ] && [ -c "$port_stderr" ] || fail "no stdout/stderr ports"
 [ -e /dev/kvm ] || say "no /dev/kvm (kvm-amd did not load)"
 # Phases for `vmrun run --timings`, stamped by the vmrun outside as they arrive.
 if [ -c "$port_events" ]; then
   export VMRUN_TIMINGS_EVENTS="$port_events"
-  echo "emulated host booted" > "$port_events"
+  [ -c "$port_go" ] || echo "emulated host booted" > "$port_events"
 fi
 # The outer terminal's new sizes, for the vmrun inside (runner/terminal.py).
 [ -c "$port_winsize" ] && export VMRUN_WINSIZE_PORT="$port_winsize"

@@ -38,6 +38,7 @@ from runner.errors import VmrunError
 # The command's stdin: /dev/null; vmrun's stdin to its end; or that, and a terminal there
 # in raw mode (a terminal in "pass" stays as it is: lines, echo and ^C are its own).
 StdinMode = Literal["null", "pass", "raw"]
+INBOUND_PORTS = ("stdin", "winsize")
 CONNECT_WAIT_S = 60.0  # QEMU connects as it starts, before the guest boots
 BACKGROUND_POLL_S = 0.2  # how often a job in the background checks whether it is foreground
 SOCKET_PATH_MAX = 107  # sun_path's 108 bytes, with the NUL
@@ -105,6 +106,11 @@ class InboundPorts:
     def sockets(self) -> dict[str, Path]:
         """Each port's name and the socket QEMU connects to for it."""
         return {name: self._scratch / f"{name}.sock" for name in self._listeners}
+
+    @property
+    def unused(self) -> tuple[str, ...]:
+        """The inbound ports this run has no use for."""
+        return tuple(name for name in INBOUND_PORTS if name not in self._listeners)
 
     def __enter__(self) -> InboundPorts:
         with ExitStack() as stack:
