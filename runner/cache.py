@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from runner.errors import VmrunError
@@ -74,3 +75,16 @@ def write_atomically(path: Path, data: bytes) -> None:
         if os.path.exists(partial):
             os.unlink(partial)
         raise
+
+
+def keep_newest(paths: Iterable[Path], kept: int) -> None:
+    """Remove all but the `kept` of `paths` changed (or marked used, `os.utime`) last."""
+
+    def age(path: Path) -> int:
+        try:
+            return path.stat().st_mtime_ns
+        except OSError:  # another vmrun removed it meanwhile
+            return 0
+
+    for old in sorted(paths, key=age)[:-kept]:
+        old.unlink(missing_ok=True)

@@ -20,12 +20,12 @@ import pytest
 
 from runner import progress
 from runner.emulated.guest_programs import GuestProgramError, guest_programs
-from runner.emulated.host import HARNESS_FAILURE, INSIDE_ENV, TIMED_OUT, qemu_missing
+from runner.emulated.host import HARNESS_FAILURE, TIMED_OUT, qemu_missing
 from runner.guest.debian import PackageError
 from runner.guest.initramfs import GuestImageError
 from runner.guest.kernel import default_kernel
 from runner.guest.provision import provision_default_guest
-from runner.host_kvm import kvm_status
+from runner.host_kvm import INSIDE_ENV, kvm_status
 
 WriteVm = Callable[..., str]
 

@@ -25,9 +25,12 @@ from runner.devices.legacy.serial_output import open_output_file
 from runner.devices.virtio import console_plan
 from runner.emulated import output_ports, prepared_vm
 from runner.emulated.host import Outcome, Settings, run_in_host
-from runner.emulated.image import provision
+from runner.emulated.image import HostImage, provision
 from runner.emulated.output_ports import OUTPUT_PORTS_ENV, encode, port_name
+from runner.errors import VmrunError
 
+# How the inside's interpreter starts it: its arguments follow.
+INSIDE_ENTRY = ("-S", "-P", "-m", "runner.emulated.inside")
 # Memory of the emulated host beyond the guest's: its own kernel, vmrun and page tables.
 HOST_OVERHEAD_MIB = 1536
 MIN_HOST_MIB = 4096
@@ -80,6 +83,7 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
         # The VM as loaded here, for the vmrun inside, which sees this directory read-only.
         prepared = stack.enter_context(tempfile.TemporaryDirectory(prefix="vmrun-vm-"))
         argv = inside_argv(prepared_vm.write(vm.resources, prepared), workload)
+        image = _with_waiting_inside(provision())
         outputs, ports_env = output_files(vm, stack)
         settings = Settings(
             cpus=host_cpus(vm.resources.machine.vcpu_count),
@@ -93,8 +97,21 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
             # keeps its lines otherwise.
             stdin="raw" if reads_stdin(vm.resources) else "null",
             snapshot=True,
+            inside_args=tuple(argv[len(INSIDE_ENTRY) + 1 :]),
         )
-        return run_in_host(provision(), argv, settings, sys.stdout.buffer, sys.stderr.buffer)
+        return run_in_host(image, argv, settings, sys.stdout.buffer, sys.stderr.buffer)
+
+
+def _with_waiting_inside(image: HostImage) -> HostImage:
+    """The host image with the waiting vmrun inside (runner/emulated/inside_bundle.py), or
+    without it, said in one line, if its files cannot be gathered: that costs only time."""
+    from runner.emulated.inside_bundle import with_waiting_inside
+
+    try:
+        return with_waiting_inside(image, module_path())
+    except (VmrunError, OSError) as exc:
+        print(f"vmrun: the vmrun inside starts with each run: {exc}", file=sys.stderr)
+        return image
 
 
 def inside_argv(prepared: str, workload: list[str] | None) -> list[str]:
@@ -104,7 +121,7 @@ def inside_argv(prepared: str, workload: list[str] | None) -> list[str]:
     # install's finder: a second of emulated time) and gets this one's module path instead.
     # -P: it runs in the user's directory, which `-m` would put first on the module path: a
     # `runner` package there would be run instead of vmrun's.
-    argv = [sys.executable, "-S", "-P", "-m", "runner.emulated.inside", prepared]
+    argv = [sys.executable, *INSIDE_ENTRY, prepared]
     if timings.TIMELINE.enabled:
         argv.append("--timings")
     return argv + (["--", *workload] if workload is not None else [])

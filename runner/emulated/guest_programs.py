@@ -112,7 +112,7 @@ def _identity(files: Mapping[str, str], links: Mapping[str, str], compress: bool
     return "\n".join(lines) + "\n"
 
 
-def _entries(files: Mapping[str, str], links: Mapping[str, str]) -> list[Entry]:
+def archive_entries(files: Mapping[str, str], links: Mapping[str, str]) -> list[Entry]:
     """Directories first (parents before children), then the files and the aliases."""
     paths = [*files, *links]
     dirs = sorted({str(parent) for p in paths for parent in PurePosixPath(p).parents} - {"/"})
@@ -137,7 +137,7 @@ def guest_programs(names: Sequence[str], *, compress: bool = False) -> GuestProg
     suffix = ".cpio.gz" if compress else ".cpio"
     target = cache_dir("guest-programs") / f"{'-'.join(sorted(set(names)))}-{key}{suffix}"
     if not target.exists():
-        archive = cpio(_entries(files, links))
+        archive = cpio(archive_entries(files, links))
         try:
             write_atomically(target, compressed(archive) if compress else archive)
         except OSError as exc:

@@ -29,22 +29,20 @@ from typing import BinaryIO, Literal
 
 import attrs
 
-from runner import progress, terminal, timings
-from runner.cache import cache_dir
+from runner import progress, timings
+from runner.cache import cache_dir, keep_newest
 from runner.emulated import snapshot
+from runner.emulated.host_job import write_inside_job, write_job
 from runner.emulated.image import HostImage
 from runner.emulated.inbound_ports import InboundPorts, StdinMode
 from runner.emulated.qemu_command import QEMU, qemu_command
 from runner.errors import VmrunError
-from runner.guest.debian import OFFLINE_ENV
-from runner.host_kvm import INSIDE_ENV
 
 TIMED_OUT = 124  # as timeout(1)
 HARNESS_FAILURE = 125  # vmrun's own failure, not the command's
 PR_SET_PDEATHSIG = 1
 HEARTBEAT_POLL_S = 2.0
 Ended = Literal["ended", "timed out", "hung"]
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class HarnessError(VmrunError):
@@ -72,6 +70,9 @@ class Settings:
     # Restore the host from its saved state, saving it first if there is none
     # (runner/emulated/snapshot.py): `vmrun run` and `vmrun emulated-host`.
     snapshot: bool = False
+    # The arguments of runner.emulated.inside that the command (`argv`) runs: a host whose
+    # image has the waiting vmrun inside runs them there (runner/emulated/waiting_inside.py).
+    inside_args: tuple[str, ...] | None = None
 
 
 @attrs.frozen
@@ -146,7 +147,9 @@ def _run(
         # Closed (and the terminal restored) after QEMU ends, before the scratch directory goes.
         inbound = stack.enter_context(InboundPorts(scratch_path, settings.stdin))
         env = {**dict(settings.env), **inbound.facts.env()}
-        _write_job(scratch_path, argv, cwd, writable, env, unused=inbound.unused)
+        write_job(scratch_path, argv, cwd, writable, env, unused=inbound.unused)
+        if settings.inside_args is not None:
+            write_inside_job(scratch_path, cwd, env, settings.inside_args)
         go = None
         passed: list[int] = []  # the saved state's fd
         if saved is not None and not snapshot.sockets_fit(scratch_path):
@@ -235,35 +238,6 @@ def _writable_dirs(paths: Sequence[str]) -> list[str]:
         if real != "/" and real not in dirs:
             dirs.append(real)
     return dirs
-
-
-def _write_job(
-    scratch: Path,
-    argv: Sequence[str],
-    cwd: str,
-    writable: list[str],
-    extra_env: dict[str, str],
-    unused: Sequence[str] = (),
-) -> None:
-    # Sourced by the init (PID 1): it must not exit, only report through `fail`.
-    # (A 9p channel mounts once: the scratch directory, already on /scratch, is bound.)
-    mounts = [(f"-t 9p -o $P9,cache=loose rw{i}", path) for i, path in enumerate(writable)]
-    mounts.append(("-o bind /scratch", str(scratch)))
-    lines = [
-        f"mount {how} /host{shlex.quote(path)} || fail {shlex.quote('cannot mount ' + path)}"
-        for how, path in mounts
-    ]
-    lines.append(f"JOB={shlex.quote(str(scratch / 'job.sh'))}")
-    # A host that can be saved has every inbound port: these idle ones are not the job's.
-    lines.append(f"UNUSED_PORTS={shlex.quote(' '.join(unused))}")
-    (scratch / "mounts.sh").write_text("\n".join(lines) + "\n")
-    env = {k: v for k, v in os.environ.items() if ENV_NAME.match(k)}
-    env.pop(terminal.WINSIZE_PORT_ENV, None)  # the host's init names the port in there
-    # No network inside: a package missing from the cache is an error that says so.
-    env.update({"TMPDIR": str(scratch / "tmp"), INSIDE_ENV: "1", OFFLINE_ENV: "1", **extra_env})
-    job = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
-    job += [f"cd {shlex.quote(cwd)} || exit 125", "exec " + shlex.join(argv)]
-    (scratch / "job.sh").write_text("\n".join(job) + "\n")
 
 
 def _die_with_parent() -> None:
@@ -399,16 +373,8 @@ def _keep(log: Path) -> str:
     fd, path = tempfile.mkstemp(prefix=f"console-{stamp}-", suffix=".log", dir=directory)
     with os.fdopen(fd, "wb") as kept, open(log, "rb") as source:
         shutil.copyfileobj(source, kept)
-    for old in sorted(directory.glob("console-*.log"), key=_age)[:-KEPT_LOGS]:
-        old.unlink(missing_ok=True)
+    keep_newest(directory.glob("console-*.log"), KEPT_LOGS)
     return path
-
-
-def _age(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:  # another vmrun removed it meanwhile
-        return 0
 
 
 def _last_line(path: Path) -> str:

@@ -34,6 +34,20 @@ ports() {
 # The snapshot point (runner/emulated/snapshot.py): vmrun may save this host here and start
 # later runs from here. What differs from run to run (files, clock, randomness) comes after.
 if grep -qw vmrun.snapshot /proc/cmdline; then
+  # The waiting vmrun inside (runner/emulated/waiting_inside.py), where the initramfs has it:
+  # it imports before the snapshot point, once, what every run would import.
+  if [ -x /vmrun-inside/start ]; then
+    /vmrun-inside/start < /dev/null > /dev/ttyS0 2>&1 &
+    inside=$!
+    tries=0
+    until [ -e /run/vmrun-inside/ready ]; do
+      tries=$((tries + 1))
+      if [ $tries -ge 1200 ] || ! kill -0 $inside 2>/dev/null; then
+        say "the waiting vmrun inside did not start"; inside=; break
+      fi
+      sleep 0.1
+    done
+  fi
   tries=0
   until ports; [ -c "$port_go" ]; do  # the last port: the others are there before it
     tries=$((tries + 1))
@@ -75,7 +89,14 @@ stdin=/dev/null
 [ -c "$port_stdin" ] && stdin="$port_stdin"
 # A heartbeat for vmrun, which otherwise cannot tell a locked-up kernel from a quiet job.
 (while :; do date +%s > /scratch/heartbeat; sleep 5; done) &
-chroot /host /bin/sh "$JOB" < "$stdin" > "$port_stdout" 2> "$port_stderr"
+if [ -n "$inside" ] && [ -e "/host${JOB%.sh}.json" ]; then
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${JOB%.sh}.json" "$stdin" "$port_stdout" \
+    "$port_stderr" "${VMRUN_TIMINGS_EVENTS:--}" "${VMRUN_WINSIZE_PORT:--}" \
+    > /run/vmrun-inside/request
+  wait $inside
+else
+  chroot /host /bin/sh "$JOB" < "$stdin" > "$port_stdout" 2> "$port_stderr"
+fi
 echo $? > /scratch/status
 sync
 poweroff -f

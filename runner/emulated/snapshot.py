@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from runner import timings
+from runner.cache import keep_newest
 from runner.emulated.image import HostImage
 from runner.emulated.inbound_ports import SOCKET_PATH_MAX
 from runner.emulated.output_ports import port_name
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
 SHARE_SLOTS = 8  # writable directories a host that can be saved shares, at most
 OUTPUT_SLOTS = 8  # output ports (the VM's output files) besides stdout, stderr and events
-KEPT = 3  # saved states kept (one per memory size and CPU count in use)
+KEPT = 4  # saved states kept (one per host image, memory size and CPU count in use)
 FORMAT = "1"  # bump when what the init does before the snapshot point changes
 SAVE_WAIT_S = 120.0  # a migration to a local file takes about a second
 RESUME_WAIT_S = 60.0
@@ -236,16 +237,8 @@ def resumed(monitor_path: Path, qemu: subprocess.Popen[bytes]) -> bool:
 
 def _prune(images: Path) -> None:
     """Keep the `KEPT` saved states used last, of all the host images in `images` (a state
-    is as big as the host's memory in use: about 150 MB)."""
-
-    def used(path: Path) -> int:
-        try:
-            return path.stat().st_mtime_ns
-        except OSError:
-            return 0
-
-    for old in sorted(images.glob("*/snapshot-*.state"), key=used)[:-KEPT]:
-        old.unlink(missing_ok=True)
+    is as big as the host's memory in use: 150 to 250 MB)."""
+    keep_newest(images.glob("*/snapshot-*.state"), KEPT)
 
 
 def start(

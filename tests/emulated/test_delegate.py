@@ -132,14 +132,23 @@ def test_the_emulated_host_gets_one_cpu_for_a_one_vcpu_guest(
     # Measured (README): one emulated CPU is as fast for such a guest, and without
     # cross-CPU interrupts in the emulated host.
     seen: list[Settings] = []
+    argvs: list[list[str]] = []
     monkeypatch.setattr(delegate, "provision", lambda: None)
+    monkeypatch.setattr(delegate, "_with_waiting_inside", lambda image: image)
     monkeypatch.setattr(delegate, "compile_modules", lambda: None)
     monkeypatch.setattr(
-        delegate, "run_in_host", lambda _image, _argv, settings, *_: seen.append(settings)
+        delegate,
+        "run_in_host",
+        lambda _image, argv, settings, *_: (argvs.append(argv), seen.append(settings)),
     )
     path = write_vm(f"disable_implicit_console = true\n[machine]\nvcpu_count = {vcpus}\n")
     delegate.run_in_emulated_host(load(path), ["/bin/true"], 60)
     assert seen[0].cpus == max(cpus, 1 if vcpus == 1 else 2)
+    # Saved and restored, its job run by the waiting inside with the same arguments.
+    assert seen[0].snapshot
+    inside_args = seen[0].inside_args
+    assert inside_args is not None and inside_args[1:] == ("--", "/bin/true")
+    assert argvs[0] == [sys.executable, *delegate.INSIDE_ENTRY, *inside_args]
     # Only where the VM file says it writes: not the current directory, not the cache.
     assert seen[0].writable_cwd is False
     assert seen[0].writable == ()
@@ -191,6 +200,7 @@ def test_vmrun_s_stdin_goes_in_only_for_a_vm_that_reads_it(
     assert delegate.reads_stdin(vm.resources) is reads
     seen: list[Settings] = []
     monkeypatch.setattr(delegate, "provision", lambda: None)
+    monkeypatch.setattr(delegate, "_with_waiting_inside", lambda image: image)
     monkeypatch.setattr(delegate, "compile_modules", lambda: None)
     monkeypatch.setattr(
         delegate, "run_in_host", lambda _image, _argv, settings, *_: seen.append(settings)

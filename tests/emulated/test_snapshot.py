@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -131,7 +130,7 @@ def test_the_state_file_is_keyed_by_all_that_shapes_the_host(tmp_path: Path) -> 
 
 def test_only_the_states_used_last_are_kept(tmp_path: Path) -> None:
     states = []
-    for index in range(5):
+    for index in range(snapshot.KEPT + 2):  # in two host images' directories
         state = tmp_path / f"image{index % 2}" / f"snapshot-{index}.state"
         state.parent.mkdir(exist_ok=True)
         state.write_bytes(b"x")
@@ -139,7 +138,10 @@ def test_only_the_states_used_last_are_kept(tmp_path: Path) -> None:
         states.append(state)
     snapshot.plan(states[0])  # used now: the newest
     snapshot._prune(tmp_path)
-    assert [state.exists() for state in states] == [True, False, False, True, True]
+    # The oldest but the one just used are gone.
+    assert [state.exists() for state in states] == [True, False, False] + [True] * (
+        snapshot.KEPT - 1
+    )
 
 
 def test_a_restored_host_that_failed_before_its_job_is_forgotten(tmp_path: Path) -> None:
@@ -158,15 +160,9 @@ def test_a_restored_host_that_failed_before_its_job_is_forgotten(tmp_path: Path)
 
 
 @pytest.fixture
-def own_image(tmp_path: Path, qemu_present: None, monkeypatch: pytest.MonkeyPatch) -> HostImage:
-    """The cached host image, copied where only this test's states go; the test runs in
-    its own directory (the current one, which `vmrun emulated-host` shares)."""
-    cached = provision()
-    directory = tmp_path / "images" / "image"
-    directory.mkdir(parents=True)
-    for path in (cached.kernel, cached.initramfs):
-        shutil.copyfile(path, directory / path.name)
-    return HostImage(directory / cached.kernel.name, directory / cached.initramfs.name)
+def own_image(own_copy: Callable[[HostImage], HostImage]) -> HostImage:
+    """The cached host image, in a copy of this test's own."""
+    return own_copy(provision())
 
 
 def new_timeline(monkeypatch: pytest.MonkeyPatch) -> timings.Timeline:
