@@ -89,10 +89,12 @@ stdin=/dev/null
 [ -c "$port_stdin" ] && stdin="$port_stdin"
 # A heartbeat for vmrun, which otherwise cannot tell a locked-up kernel from a quiet job.
 (while :; do date +%s > /scratch/heartbeat; sleep 5; done) &
-if [ -n "$inside" ] && [ -e "/host${JOB%.sh}.json" ]; then
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${JOB%.sh}.json" "$stdin" "$port_stdout" \
-    "$port_stderr" "${VMRUN_TIMINGS_EVENTS:--}" "${VMRUN_WINSIZE_PORT:--}" \
-    > /run/vmrun-inside/request
+# The waiting vmrun inside takes the job if it is there to read the request: a FIFO's writer
+# waits for a reader, so not forever (it may have died).
+if [ -n "$inside" ] && [ -e "/host${JOB%.sh}.json" ] && timeout 10 sh -c \
+    'printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$@" > /run/vmrun-inside/request' - \
+    "${JOB%.sh}.json" "$stdin" "$port_stdout" "$port_stderr" \
+    "${VMRUN_TIMINGS_EVENTS:--}" "${VMRUN_WINSIZE_PORT:--}"; then
   wait $inside
 else
   chroot /host /bin/sh "$JOB" < "$stdin" > "$port_stdout" 2> "$port_stderr"

@@ -2,9 +2,10 @@
 
 Booting the emulated host's kernel under TCG is about 5 s of every run; starting QEMU from
 a saved state (migration to a file, `-incoming` from it) is about half a second. Its init
-stops at the snapshot point, after its modules are loaded and before it mounts anything (a
-mounted 9p share blocks migration, and what a run shares is its own): it says `ready` on
-the `go` port and waits. A run that finds no saved state saves the host there (QMP
+stops at the snapshot point, after its modules are loaded (and the waiting vmrun inside has
+imported, runner/emulated/waiting_inside.py) and before it mounts anything (a mounted 9p
+share blocks migration, and what a run shares is its own): it says `ready` on the `go` port
+and waits. A run that finds no saved state saves the host there (QMP
 `migrate` into the cache) and lets it go on; later runs restore it (`restore`), and one
 that cannot be restored is deleted and booted again.
 
@@ -159,11 +160,13 @@ class GoPort:
 
 
 @contextlib.contextmanager
-def _monitor(path: Path, deadline: float) -> Iterator[QEMUMonitorProtocol]:
+def _monitor(
+    path: Path, qemu: subprocess.Popen[bytes], deadline: float
+) -> Iterator[QEMUMonitorProtocol]:
     from qemu.qmp.legacy import QEMUMonitorProtocol  # asyncio and all: only here
 
     while not path.exists():  # QEMU makes it as it starts
-        if time.monotonic() >= deadline:
+        if qemu.poll() is not None or time.monotonic() >= deadline:
             raise SnapshotError("QEMU's monitor socket did not appear")
         time.sleep(POLL_S)
     monitor = QEMUMonitorProtocol(str(path))
@@ -175,14 +178,14 @@ def _monitor(path: Path, deadline: float) -> Iterator[QEMUMonitorProtocol]:
         monitor.close()
 
 
-def save(monitor_path: Path, target: Path) -> None:
-    """Migrate the (paused-at-its-snapshot-point) host into `target`, whole or not at all
+def save(monitor_path: Path, qemu: subprocess.Popen[bytes], target: Path) -> None:
+    """Migrate the host, waiting at its snapshot point, into `target`, whole or not at all
     (a private temporary file beside it, renamed), then let it run on. Raises SnapshotError;
     the host runs on in any case."""
     deadline = time.monotonic() + SAVE_WAIT_S
     fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
-        with _monitor(monitor_path, deadline) as monitor:
+        with _monitor(monitor_path, qemu, deadline) as monitor:
             try:
                 status = _migrate(monitor, fd, deadline)
             finally:
@@ -225,7 +228,7 @@ def resumed(monitor_path: Path, qemu: subprocess.Popen[bytes]) -> bool:
     False when it ended or gave up first (a state it cannot load)."""
     deadline = time.monotonic() + RESUME_WAIT_S
     try:
-        with _monitor(monitor_path, deadline) as monitor:
+        with _monitor(monitor_path, qemu, deadline) as monitor:
             while qemu.poll() is None and time.monotonic() < deadline:
                 if _reply(monitor.cmd("query-status")).get("status") == "running":
                     return True
@@ -264,7 +267,7 @@ def start(
         if not go.ready(qemu, deadline):
             return "ended" if qemu.poll() is not None else waited
         try:
-            save(monitor_path, plan.path)
+            save(monitor_path, qemu, plan.path)
             timings.mark("emulated host saved for later runs")
         except SnapshotError as exc:
             # Said every time: a run that cannot save the host is 5 s slower than it could be.

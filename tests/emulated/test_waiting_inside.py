@@ -176,10 +176,19 @@ def test_the_saved_and_the_restored_host_run_the_job_in_the_waiting_inside(
         assert f"{tmp_path / 'absent.vm'}" in err and "No such file" in err
 
 
-def test_without_a_waiting_inside_the_command_runs(own_image: HostImage) -> None:
-    # An initramfs whose inside cannot start: the init says so on the console and runs the
-    # command itself.
-    broken = cpio([Entry.file("vmrun-inside/start", b"#!/bin/sh\nexit 1\n", 0o755)])
+@pytest.mark.parametrize(
+    "start",
+    [
+        "exit 1",  # it cannot start: the init stops waiting for it at once
+        # It said it is ready, then died: nobody reads the request; the init stops after 10 s.
+        "mkdir -p /run/vmrun-inside && mkfifo /run/vmrun-inside/request"
+        " && touch /run/vmrun-inside/ready; exit 0",
+    ],
+)
+def test_without_a_waiting_inside_the_command_runs(own_image: HostImage, start: str) -> None:
+    # The init says so on the console and runs the command itself.
+    broken = cpio([Entry.file("vmrun-inside/start", f"#!/bin/sh\n{start}\n".encode(), 0o755)])
     base = own_image.initramfs.read_bytes()
     own_image.initramfs.write_bytes(base + bytes(-len(base) % 4) + broken)
-    assert run(own_image, ("absent.vm",))[:2] == (0, "plain\n")
+    for _ in range(2):  # saved, then restored
+        assert run(own_image, ("absent.vm",))[:2] == (0, "plain\n")
