@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from runner import progress
 from runner.boot.initramfs import Entry, cpio
 from runner.cache import keep_newest, write_atomically
 from runner.emulated import guest_programs, waiting_inside
@@ -66,6 +67,7 @@ def with_waiting_inside(image: HostImage, module_path: str) -> HostImage:
         files = None
     target = _target(image, interpreter, module_path, files) if files else None
     if target is None or not target.exists():
+        progress.slow("packing the vmrun inside into the emulated KVM host's image")
         files = _listed(interpreter, module_path)
         write_atomically(listing, json.dumps(files).encode())
         target = _target(image, interpreter, module_path, files)
