@@ -82,7 +82,7 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
     with ExitStack() as stack:
         # The VM as loaded here, for the vmrun inside, which sees this directory read-only.
         prepared = stack.enter_context(tempfile.TemporaryDirectory(prefix="vmrun-vm-"))
-        argv = inside_argv(prepared_vm.write(vm.resources, prepared), workload)
+        path = prepared_vm.write(vm.resources, prepared)
         image = _with_waiting_inside(provision())
         outputs, ports_env = output_files(vm, stack)
         settings = Settings(
@@ -97,8 +97,10 @@ def run_in_emulated_host(vm: VmFile, workload: list[str] | None, timeout_s: floa
             # keeps its lines otherwise.
             stdin="raw" if reads_stdin(vm.resources) else "null",
             snapshot=True,
-            inside_args=tuple(argv[len(INSIDE_ENTRY) + 1 :]),
+            inside_args=tuple(inside_args(path, workload)),
         )
+        # What the host's init runs when the waiting inside is not there.
+        argv = inside_argv(path, workload)
         return run_in_host(image, argv, settings, sys.stdout.buffer, sys.stderr.buffer)
 
 
@@ -115,16 +117,18 @@ def _with_waiting_inside(image: HostImage) -> HostImage:
 
 
 def inside_argv(prepared: str, workload: list[str] | None) -> list[str]:
-    """The vmrun inside: `prepared` on its KVM (runner/emulated/inside.py). With --timings,
-    it sends its phases to this one's timeline."""
+    """The vmrun inside: `prepared` on its KVM (runner/emulated/inside.py)."""
     # -S: the interpreter inside skips site's work (the venv's .pth files, the editable
     # install's finder: a second of emulated time) and gets this one's module path instead.
     # -P: it runs in the user's directory, which `-m` would put first on the module path: a
     # `runner` package there would be run instead of vmrun's.
-    argv = [sys.executable, *INSIDE_ENTRY, prepared]
-    if timings.TIMELINE.enabled:
-        argv.append("--timings")
-    return argv + (["--", *workload] if workload is not None else [])
+    return [sys.executable, *INSIDE_ENTRY, *inside_args(prepared, workload)]
+
+
+def inside_args(prepared: str, workload: list[str] | None) -> list[str]:
+    """The inside's arguments. With --timings, it sends its phases to this one's timeline."""
+    args = [prepared, *(["--timings"] if timings.TIMELINE.enabled else [])]
+    return args + (["--", *workload] if workload is not None else [])
 
 
 def reads_stdin(resources: VmResources) -> bool:

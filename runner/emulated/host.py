@@ -32,7 +32,7 @@ import attrs
 from runner import progress, timings
 from runner.cache import cache_dir, keep_newest
 from runner.emulated import snapshot
-from runner.emulated.host_job import write_inside_job, write_job
+from runner.emulated.host_job import job_env, write_inside_job, write_job
 from runner.emulated.image import HostImage
 from runner.emulated.inbound_ports import InboundPorts, StdinMode
 from runner.emulated.qemu_command import QEMU, qemu_command
@@ -141,12 +141,15 @@ def _run(
     cwd, writable = where
     if saved is None or not saved.restore:
         progress.phase("booting the emulated KVM host")
+    # Not the cache: it is provisioned here before the host boots, and what runs inside sees it
+    # read-only (with the rest of this machine's files), so nothing there can plant a file
+    # that vmrun out here would later unpack, build from or run.
     with tempfile.TemporaryDirectory(prefix="vmrun-host-") as scratch, ExitStack() as stack:
         scratch_path = Path(scratch)
         (scratch_path / "tmp").mkdir()
         # Closed (and the terminal restored) after QEMU ends, before the scratch directory goes.
         inbound = stack.enter_context(InboundPorts(scratch_path, settings.stdin))
-        env = {**dict(settings.env), **inbound.facts.env()}
+        env = job_env(scratch_path, {**dict(settings.env), **inbound.facts.env()})
         write_job(scratch_path, argv, cwd, writable, env, unused=inbound.unused)
         if settings.inside_args is not None:
             write_inside_job(scratch_path, cwd, env, settings.inside_args)

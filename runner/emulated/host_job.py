@@ -24,11 +24,11 @@ def write_job(
     argv: Sequence[str],
     cwd: str,
     writable: list[str],
-    extra_env: dict[str, str],
+    env: dict[str, str],
     unused: Sequence[str] = (),
 ) -> None:
-    """`mounts.sh` and `job.sh` in `scratch`: `argv` run in `cwd` with this environment and
-    `extra_env`, the `writable` directories mounted, the `unused` inbound ports idle."""
+    """`mounts.sh` and `job.sh` in `scratch`: `argv` run in `cwd` with `env` (`job_env`),
+    the `writable` directories mounted, the `unused` inbound ports idle."""
     # Sourced by the init (PID 1): it must not exit, only report through `fail`.
     # (A 9p channel mounts once: the scratch directory, already on /scratch, is bound.)
     mounts = [(f"-t 9p -o $P9,cache=loose rw{i}", path) for i, path in enumerate(writable)]
@@ -41,13 +41,13 @@ def write_job(
     # A host that can be saved has every inbound port: these idle ones are not the job's.
     lines.append(f"UNUSED_PORTS={shlex.quote(' '.join(unused))}")
     (scratch / "mounts.sh").write_text("\n".join(lines) + "\n")
-    job = [f"export {k}={shlex.quote(v)}" for k, v in sorted(_job_env(scratch, extra_env).items())]
+    job = [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
     job += [f"cd {shlex.quote(cwd)} || exit 125", "exec " + shlex.join(argv)]
     (scratch / "job.sh").write_text("\n".join(job) + "\n")
 
 
-def _job_env(scratch: Path, extra_env: dict[str, str]) -> dict[str, str]:
-    """The job's environment: this one's, and what says where it runs."""
+def job_env(scratch: Path, extra_env: dict[str, str]) -> dict[str, str]:
+    """The job's environment: this one's, what says where it runs, and `extra_env`."""
     env = {k: v for k, v in os.environ.items() if ENV_NAME.match(k)}
     env.pop(terminal.WINSIZE_PORT_ENV, None)  # the host's init names the port in there
     # No network inside: a package missing from the cache is an error that says so.
@@ -55,10 +55,8 @@ def _job_env(scratch: Path, extra_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def write_inside_job(
-    scratch: Path, cwd: str, extra_env: dict[str, str], args: Sequence[str]
-) -> None:
+def write_inside_job(scratch: Path, cwd: str, env: dict[str, str], args: Sequence[str]) -> None:
     """`job.json`: the job as the waiting vmrun inside takes it (job.sh's environment and
     directory, the inside's arguments)."""
-    job = {"env": _job_env(scratch, extra_env), "cwd": cwd, "args": list(args)}
+    job = {"env": env, "cwd": cwd, "args": list(args)}
     (scratch / "job.json").write_text(json.dumps(job))
