@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import py_compile
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -83,13 +84,9 @@ def with_waiting_inside(image: HostImage, module_path: str) -> HostImage:
 def start_script(interpreter: str, module_path: str) -> str:
     return (
         "#!/bin/sh\n"
-        f"export PYTHONPATH={_quoted(module_path)}\n"
-        f"exec {_quoted(interpreter)} -S -P -m runner.emulated.waiting_inside\n"
+        f"export PYTHONPATH={shlex.quote(module_path)}\n"
+        f"exec {shlex.quote(interpreter)} -S -P -m runner.emulated.waiting_inside\n"
     )
-
-
-def _quoted(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def _digest(*parts: str) -> str:
